@@ -1,0 +1,1 @@
+//! bpf (skeleton: filled in by the foundation work).

@@ -1,0 +1,1 @@
+//! config (skeleton: filled in by the foundation work).

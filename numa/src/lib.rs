@@ -1,0 +1,1 @@
+//! numa (skeleton: filled in by the foundation work).

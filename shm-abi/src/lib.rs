@@ -1,0 +1,1 @@
+//! shm-abi (skeleton: filled in by the foundation work).
