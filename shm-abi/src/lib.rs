@@ -1,1 +1,2 @@
 //! shm-abi (skeleton: filled in by the foundation work).
+pub mod message;
