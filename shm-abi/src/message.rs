@@ -23,18 +23,34 @@
 //!                  ^ relative pointers (i32 offsets from the pointer's own
 //!                    address) from the root and its children point back here
 //!
-//!  ArchivedRequest = { id: u64 LE, command: ArchivedCommand }
-//!  ArchivedReply   = { id: u64 LE, body: ArchivedReplyBody }
-//!  enums           = u8 tag (variant index in declaration order) + fields
-//!  String          = inline if <= 8 bytes, else { len, rel_ptr } to UTF-8
-//!  Vec<T>          = { rel_ptr: i32, len: u32 } to `len` packed archived T
-//!  bool            = one byte, 0 or 1; padding bytes are written as zero
+//!  root               size  layout (repr(C), little-endian)
+//!  ArchivedRequest     32   +0 id: u64 | +8 command: u8 tag, then that variant's fields
+//!  ArchivedReply       48   +0 id: u64 | +8 body:    u8 tag, then that variant's fields
+//!
+//!  Command tags   0 Deploy  1 Undeploy  2 List  3 Stats  4 Shutdown  5 Ping  6 Logs
+//!  ReplyBody tags 0 Ok  1 Error  2 Deployed  3 List  4 Stats  5 Pong  6 Logs  7 ShuttingDown
+//!  ErrorKind      u8, declaration order (0 InvalidConfig .. 6 Internal)
+//!  String         8 bytes: inline if <= 8 bytes, else length header + i32 rel ptr
+//!  Vec<T>         8 bytes: i32 rel ptr + u32 len, to `len` packed archived T
+//!  bool           1 byte, 0 or 1;  padding is written as zero
+//! ```
+//!
+//! For example `Request { id: 1, command: Undeploy { function_id: "abcdefghij" } }`
+//! encodes to 48 bytes (pinned by a unit test):
+//!
+//! ```text
+//!   0  61 62 63 64 65 66 67 68 69 6a 00 00 00 00 00 00   "abcdefghij", padded to 8
+//!  16  01 00 00 00 00 00 00 00                           root: id = 1
+//!  24  01 00 00 00                                       tag 1 = Undeploy, padding
+//!  28  8a 00 00 00 e4 ff ff ff                           String: out-of-line, length 10,
+//!                                                        rel ptr -28 (28 - 28 = offset 0)
+//!  36  00 x 12                                           rest of the 24-byte command
 //! ```
 //!
 //! There is no header, magic or version inside a message: the control segment
-//! already carries magic, ABI version and layout hash, and the segment owner
-//! folds [`SCHEMA_VERSION`] into that hash, so both ends agree on these types
-//! before the first message is read. Changing any type in this module is an
+//! already carries magic, ABI version and layout hash; the segment code is
+//! expected to fold [`SCHEMA_VERSION`] into that hash, so that both ends agree
+//! on these types before the first message is read. Changing any type in this module is an
 //! ABI change: bump [`SCHEMA_VERSION`].
 //!
 //! # Why validate
@@ -45,10 +61,11 @@
 //! bad byte would be undefined behaviour. Decoding therefore always runs
 //! bytecheck over the whole archive first (`rkyv::access`): every pointer must
 //! land inside the buffer, be aligned and not overlap its parent, every tag and
-//! `bool` must be in range, every string must be UTF-8. Garbage yields
-//! [`MessageError::Invalid`], never a panic or UB. Validation proves the bytes
-//! are *a* well-formed message, not *the* message that was sent: a flipped bit
-//! inside an integer still decodes. Integrity is the ring's CRC32.
+//! `bool` must be in range, every string must be UTF-8. Bytes that are not a
+//! well-formed message yield [`MessageError::Invalid`], never a panic or UB.
+//! Validation proves the bytes are *a* well-formed message, not *the* message
+//! that was sent: a flipped bit inside an integer still decodes. Integrity is
+//! the ring's CRC32.
 //!
 //! # Alignment
 //!
@@ -103,8 +120,8 @@ use rkyv::{
 /// Largest encoded message accepted by either side, in bytes (1 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
 
-/// Version of the message schema in this module. The control segment folds it
-/// into its layout hash; bump it whenever a type here changes.
+/// Version of the message schema in this module, for the control segment to
+/// fold into its layout hash; bump it whenever a type here changes.
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// Alignment an encoded message needs to be decoded in place.
@@ -113,6 +130,9 @@ pub const MESSAGE_ALIGN: usize = 8;
 // The in-place / copy decision and the docs above rely on this bound.
 const _: () = assert!(core::mem::align_of::<ArchivedRequest>() <= MESSAGE_ALIGN);
 const _: () = assert!(core::mem::align_of::<ArchivedReply>() <= MESSAGE_ALIGN);
+// Root sizes drawn in the module docs; a change here is an ABI change.
+const _: () = assert!(core::mem::size_of::<ArchivedRequest>() == 32);
+const _: () = assert!(core::mem::size_of::<ArchivedReply>() == 48);
 
 /// Failure to encode or decode a control message.
 #[derive(Debug, thiserror::Error)]
@@ -272,8 +292,7 @@ pub enum ReplyBody {
 pub enum ErrorKind {
     /// The config file is unreadable as YAML or violates the schema.
     InvalidConfig,
-    /// The request itself makes no sense (e.g. zero-length drain on a busy
-    /// server when that is refused, or an empty function id).
+    /// The request is malformed or inconsistent (e.g. an empty function id).
     InvalidRequest,
     /// The named function does not exist.
     NotFound,
@@ -618,6 +637,26 @@ mod tests {
             "root is padded to its alignment"
         );
         assert_eq!(decode_request(&bytes).unwrap(), req);
+    }
+
+    #[test]
+    fn undeploy_encoding_matches_the_module_docs() {
+        let req = Request {
+            id: 1,
+            command: Command::Undeploy {
+                function_id: "abcdefghij".to_owned(),
+            },
+        };
+        #[rustfmt::skip]
+        let expected: [u8; 48] = [
+            0x61, 0x62, 0x63, 0x64, 0x65, 0x66, 0x67, 0x68, 0x69, 0x6a, 0, 0, 0, 0, 0, 0,
+            1, 0, 0, 0, 0, 0, 0, 0,
+            1, 0, 0, 0,
+            0x8a, 0, 0, 0, 0xe4, 0xff, 0xff, 0xff,
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        assert_eq!(encode_request(&req).unwrap().as_slice(), &expected);
+        assert_eq!(decode_request(&expected).unwrap(), req);
     }
 
     #[test]
