@@ -2,8 +2,10 @@
 # scripts/test.sh — set the machine up and run every test. This is the README's
 # test command and what CI runs (through .ci/run).
 #
-# Phases, each printed with its elapsed time; the first failing phase stops the
-# run with a message naming it:
+# Phases, each printed with its elapsed time. setup and build failures stop the
+# run at once; fmt, test and loom failures are recorded, the remaining phases
+# still run (one CI run shows every problem), and the script exits non-zero at
+# the end naming each failed phase:
 #   setup   scripts/setup.sh (idempotent; a few seconds when already set up)
 #   fmt     cargo fmt --all -- --check
 #   build   cargo build --workspace --all-targets [--locked]
@@ -41,31 +43,46 @@ fi
 
 RUN_START=$(date +%s)
 SUMMARY=()
+FAILED=()
 
-# phase NAME COMMAND...: run COMMAND, print its time, stop the run if it fails.
-phase() {
-    local name=$1
-    shift
+# run_phase MODE NAME COMMAND...: run COMMAND and print its time. On failure,
+# MODE "stop" ends the run now; MODE "go-on" records it and carries on.
+run_phase() {
+    local mode=$1 name=$2
+    shift 2
     local start rc=0
     start=$(date +%s)
     printf '[test] ==> %s: %s\n' "$name" "$*"
     "$@" || rc=$?
     local secs=$(( $(date +%s) - start ))
-    if ((rc != 0)); then
-        printf '[test] FAILED: phase "%s" exited %d after %ds: %s\n' "$name" "$rc" "$secs" "$*" >&2
-        printf '[test]   -> the output above shows what failed; re-run just this phase with the command shown\n' >&2
-        print_summary
-        exit "$rc"
+    if ((rc == 0)); then
+        printf '[test] <== %s ok in %ds\n' "$name" "$secs"
+        SUMMARY+=("$(printf '%-6s ok      %4ds' "$name" "$secs")")
+        return
     fi
-    printf '[test] <== %s ok in %ds\n' "$name" "$secs"
-    SUMMARY+=("$(printf '%-6s %4ds' "$name" "$secs")")
+    printf '[test] FAILED: phase "%s" exited %d after %ds: %s\n' "$name" "$rc" "$secs" "$*" >&2
+    printf '[test]   -> the output above shows what failed; re-run this phase with the command shown\n' >&2
+    SUMMARY+=("$(printf '%-6s FAILED  %4ds' "$name" "$secs")")
+    FAILED+=("$name")
+    if [[ $mode == stop ]]; then
+        finish
+    fi
 }
+phase() { run_phase stop "$@"; }
+check() { run_phase go-on "$@"; }
 
-print_summary() {
+# Print the summary and exit: 0 when every phase passed, 1 otherwise.
+finish() {
     local line
     printf '[test] ---- summary ----\n'
-    for line in "${SUMMARY[@]}"; do printf '[test]   %s ok\n' "$line"; done
-    printf '[test]   total  %4ds\n' "$(( $(date +%s) - RUN_START ))"
+    for line in "${SUMMARY[@]}"; do printf '[test]   %s\n' "$line"; done
+    printf '[test]   total  %14ds\n' "$(( $(date +%s) - RUN_START ))"
+    if ((${#FAILED[@]} > 0)); then
+        printf '[test] FAILED phases: %s\n' "${FAILED[*]}" >&2
+        exit 1
+    fi
+    printf '[test] all phases passed\n'
+    exit 0
 }
 
 if [[ "${AETHERLESS_SKIP_SETUP:-0}" == 1 ]]; then
@@ -84,16 +101,17 @@ if [[ -f Cargo.lock ]]; then
     locked=(--locked)
 fi
 
-phase fmt cargo fmt --all -- --check
+fmt_color=auto
+[[ -t 1 ]] || fmt_color=never
+check fmt cargo fmt --all -- --check --color "$fmt_color"
 phase build cargo build --workspace --all-targets "${locked[@]}"
-phase test cargo test --workspace "${locked[@]}" --no-fail-fast
+check test cargo test --workspace "${locked[@]}" --no-fail-fast
 
 if [[ -f shm-abi/tests/loom.rs ]]; then
-    phase loom env RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$REPO/target/loom" \
+    check loom env RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$REPO/target/loom" \
         cargo test -p shm-abi --test loom --release "${locked[@]}"
 else
     printf '[test] SKIP loom: shm-abi/tests/loom.rs does not exist yet\n'
 fi
 
-print_summary
-printf '[test] all phases passed\n'
+finish
