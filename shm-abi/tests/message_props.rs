@@ -273,7 +273,8 @@ fn truncation_must_fail(cut_len: usize, root_size: usize) -> bool {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 512,
+        // PROPTEST_CASES raises this for a longer soak.
+        cases: ProptestConfig::default().cases.max(512),
         // Integration tests have no lib.rs beside them; keep failures next to this file.
         failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("regressions"))),
         ..ProptestConfig::default()
