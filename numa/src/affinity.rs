@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::cpulist::{parse_cpu_list, CpuListError};
+use crate::sys::{mask_bits, read_if_exists, WORD_BITS};
 
 /// Why an affinity query or pin failed.
 #[derive(Debug, thiserror::Error)]
@@ -62,8 +63,6 @@ pub enum NumaError {
     },
 }
 
-/// Bits per word of the affinity mask.
-const WORD_BITS: usize = libc::c_ulong::BITS as usize;
 /// The largest mask tried (the kernel's `NR_CPUS` maximum is 8192).
 const MAX_MASK_BITS: usize = 1 << 16;
 
@@ -87,15 +86,7 @@ fn sched_getaffinity(pid: libc::pid_t) -> Result<Vec<usize>, NumaError> {
             }
             return Err(NumaError::GetAffinity { pid, source });
         }
-        let mut cpus = Vec::new();
-        for (word_index, &word) in mask.iter().enumerate() {
-            for bit in 0..WORD_BITS {
-                if word & (1 << bit) != 0 {
-                    cpus.push(word_index * WORD_BITS + bit);
-                }
-            }
-        }
-        return Ok(cpus);
+        return Ok(mask_bits(&mask));
     }
 }
 
@@ -161,11 +152,7 @@ pub fn pin_current_thread_within(cpu: usize, allowed: &[usize]) -> Result<(), Nu
 /// cpuset hierarchy is mounted or its file is absent (no restriction known).
 pub fn cgroup_cpuset(root: &Path) -> Result<Option<Vec<usize>>, NumaError> {
     let read = |path: PathBuf| -> Result<Option<String>, NumaError> {
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Ok(Some(text)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(NumaError::Io { path, source }),
-        }
+        read_if_exists(&path).map_err(|source| NumaError::Io { path, source })
     };
     let (Some(cgroups), Some(mountinfo)) = (
         read(root.join("proc/self/cgroup"))?,
@@ -244,6 +231,7 @@ fn cgroup_mount(mountinfo: &str, v2: bool) -> Option<(&str, &str)> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 mod tests {
     use super::*;
 

@@ -122,6 +122,7 @@ pub fn format_cpu_list(cpus: &[usize]) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 mod tests {
     use super::*;
     use proptest::prelude::*;

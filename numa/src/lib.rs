@@ -48,6 +48,7 @@ mod affinity;
 mod cpulist;
 mod mempolicy;
 mod plan;
+mod sys;
 mod topology;
 
 pub use affinity::{

@@ -4,6 +4,8 @@
 //! for node `n`; `maxnode` is one more than the number of bits, because the
 //! kernel reads `maxnode - 1` bits.
 
+use crate::sys::{mask_bits, WORD_BITS};
+
 /// `MPOL_BIND` from `<linux/mempolicy.h>`.
 const MPOL_BIND: libc::c_int = 2;
 /// `MPOL_MF_MOVE`: migrate pages already faulted in elsewhere.
@@ -12,7 +14,6 @@ const MPOL_MF_MOVE: libc::c_uint = 1 << 1;
 const MPOL_F_ADDR: libc::c_ulong = 1 << 1;
 /// Nodes accepted (the kernel's `MAX_NUMNODES` is at most 1024).
 const MAX_NODE: usize = 1023;
-const WORD_BITS: usize = libc::c_ulong::BITS as usize;
 
 /// Why a memory policy call failed.
 #[derive(Debug, thiserror::Error)]
@@ -60,10 +61,13 @@ fn page_size() -> usize {
 /// there, and pages already present move there (`MPOL_MF_MOVE`). `ptr` must be
 /// page-aligned (an `mmap` result is). The memory is neither read nor written
 /// through Rust; the kernel validates the range (unmapped → `EFAULT`/`ENOMEM`).
+// The pointer is never dereferenced: the kernel uses it as a virtual address to
+// find the VMAs whose policy changes, and page migration preserves contents.
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
 pub fn bind_memory_to_node(ptr: *mut u8, len: usize, node: usize) -> Result<(), MemPolicyError> {
     let addr = ptr as usize;
     let page_size = page_size();
-    if addr % page_size != 0 {
+    if !addr.is_multiple_of(page_size) {
         return Err(MemPolicyError::Unaligned { addr, page_size });
     }
     if node > MAX_NODE {
@@ -97,6 +101,8 @@ pub fn bind_memory_to_node(ptr: *mut u8, len: usize, node: usize) -> Result<(), 
 
 /// The policy mode and node mask in force at `ptr` (`get_mempolicy` with
 /// `MPOL_F_ADDR`), as `(mode, nodes)`; mode 2 is `MPOL_BIND`.
+// The pointer is never dereferenced: the kernel uses it only to look up a VMA.
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
 pub fn memory_policy_at(ptr: *const u8) -> Result<(i32, Vec<usize>), MemPolicyError> {
     let addr = ptr as usize;
     let mut mode: libc::c_int = 0;
@@ -118,13 +124,7 @@ pub fn memory_policy_at(ptr: *const u8) -> Result<(i32, Vec<usize>), MemPolicyEr
     if rc != 0 {
         return Err(syscall_error("get_mempolicy", addr, 0, 0));
     }
-    let nodes = (0..maxnode)
-        .filter(|bit| {
-            mask.get(bit / WORD_BITS)
-                .is_some_and(|word| word & (1 << (bit % WORD_BITS)) != 0)
-        })
-        .collect();
-    Ok((mode, nodes))
+    Ok((mode, mask_bits(&mask)))
 }
 
 fn syscall_error(call: &'static str, addr: usize, len: usize, node: usize) -> MemPolicyError {
@@ -146,6 +146,7 @@ fn syscall_error(call: &'static str, addr: usize, len: usize, node: usize) -> Me
 pub const MODE_BIND: i32 = MPOL_BIND;
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 mod tests {
     use super::*;
 

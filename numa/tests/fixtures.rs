@@ -1,6 +1,8 @@
 //! Topology parsing and placement plans against fake sysfs trees in
 //! `tests/fixtures/`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use std::path::PathBuf;
 
 use numa::{

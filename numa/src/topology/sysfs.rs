@@ -23,17 +23,14 @@ use std::path::{Path, PathBuf};
 
 use super::{Cache, CacheKind, Pu, Topology, TopologyError, TopologySource, SYNTHETIC_CORE_BASE};
 use crate::cpulist::parse_cpu_list;
+use crate::sys::read_if_exists;
 
 /// Reads a file, mapping "does not exist" to `None`.
 fn read_optional(path: &Path) -> Result<Option<String>, TopologyError> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok(Some(text)),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(TopologyError::Io {
-            path: path.to_owned(),
-            source,
-        }),
-    }
+    read_if_exists(path).map_err(|source| TopologyError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn parse_error(path: &Path, content: &str, reason: &str) -> TopologyError {
@@ -239,6 +236,7 @@ fn read_cache(dir: &Path, cpu: usize) -> Result<Option<Cache>, TopologyError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 mod tests {
     use super::*;
 
