@@ -64,6 +64,16 @@ readonly APT_REQUIRED=(
 # Nice to have: installed when the mirror has them, a warning otherwise.
 readonly APT_OPTIONAL=(bpftrace linux-perf)
 
+# rustup/cargo live in ~/.cargo/bin, the built criu in /usr/local/sbin; find
+# them even when started with a minimal PATH (sudo, cron, CI runners).
+for dir in /usr/local/sbin /usr/sbin /sbin "$HOME/.cargo/bin"; do
+    case ":$PATH:" in
+        *":$dir:"*) ;;
+        *) [[ -d $dir ]] && PATH="$PATH:$dir" ;;
+    esac
+done
+export PATH
+
 SCRIPT_START=$(date +%s)
 STEP_START=$SCRIPT_START
 APT_UPDATED=0
@@ -172,12 +182,20 @@ install_packages() {
     else
         missing+=(nodejs)
     fi
+    # Optional packages that could not be installed before are not retried on
+    # every run (that would cost an apt-get update each time).
+    local skipped_file="$CACHE_DIR/optional-packages-unavailable"
     for p in "${APT_OPTIONAL[@]}"; do
-        pkg_installed "$p" || optional+=("$p")
+        pkg_installed "$p" && continue
+        if [[ -f $skipped_file ]] && grep -qx "$p" "$skipped_file"; then
+            log "    optional $p: unavailable on an earlier run, not retrying (delete $skipped_file to retry)"
+            continue
+        fi
+        optional+=("$p")
     done
 
     if ((${#missing[@]} == 0 && ${#optional[@]} == 0)); then
-        log "    all ${#APT_REQUIRED[@]} required and ${#APT_OPTIONAL[@]} optional packages already installed"
+        log "    all ${#APT_REQUIRED[@]} required packages installed; nothing to do"
         step_done
         return
     fi
@@ -190,6 +208,7 @@ install_packages() {
         candidate=$(apt-cache policy "$p" 2>/dev/null | awk '/Candidate:/ {print $2}')
         if [[ -z $candidate || $candidate == "(none)" ]]; then
             warn "optional package $p is not available from the configured mirrors; skipping it"
+            printf '%s\n' "$p" >>"$skipped_file"
             continue
         fi
         # Optional: a failure here is a warning, not a stop.
@@ -197,6 +216,7 @@ install_packages() {
         if ! DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq \
             --no-install-recommends "$p"; then
             warn "optional package $p failed to install; continuing without it"
+            printf '%s\n' "$p" >>"$skipped_file"
         fi
     done
     step_done
