@@ -47,7 +47,7 @@ readonly APT_REQUIRED=(
     # eBPF programs (C, compiled with clang -target bpf) and their loader
     clang llvm libbpf-dev
     # topology (hwlocality) and native builds
-    libhwloc-dev pkg-config gcc make
+    libhwloc-dev libudev-dev pkg-config gcc make
     # network namespaces, veth, XDP attach, firewall rules CRIU replays
     iproute2 iptables nftables
     # gateway benchmark baseline and load generator
