@@ -98,8 +98,9 @@ pub fn current_thread_affinity() -> Result<Vec<usize>, NumaError> {
 /// The CPUs this process may use, sorted (see the module docs). Call it before
 /// pinning the main thread: afterwards it reports the main thread's pin.
 pub fn allowed_cpus() -> Result<Vec<usize>, NumaError> {
-    // SAFETY: getpid has no preconditions and cannot fail.
-    let pid = unsafe { libc::getpid() };
+    // Pids fit in pid_t (the kernel caps them at 2^22); were that ever to fail,
+    // 0 (the calling thread) is the closest answer.
+    let pid = libc::pid_t::try_from(std::process::id()).unwrap_or(0);
     let mut cpus = sched_getaffinity(pid)?;
     if let Some(cpuset) = cgroup_cpuset(Path::new("/"))? {
         // A cpuset disjoint from our mask means it is stale or misread; the
