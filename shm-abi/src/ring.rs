@@ -28,9 +28,9 @@
 //! is the number of bytes in use. A record never straddles the end of the data
 //! area: when it does not fit in the bytes left in the lap, the producer writes
 //! a skip marker there and the record starts at offset 0 of the next lap. The
-//! skip marker is published even when the record then does not fit (the push
-//! returns [`PushError::Full`]), so any record up to the whole capacity makes
-//! progress once the consumer drains the ring.
+//! skip marker is published at once, even when the record then does not fit
+//! (the push returns [`PushError::Full`]), so any record up to the whole
+//! capacity makes progress once the consumer drains the ring.
 //!
 //! # Cache lines
 //!
@@ -847,10 +847,11 @@ impl Producer {
             self.ring.write_header(us(off), SKIP_LEN, SKIP_CRC);
             self.ring.tracker().wrote(us(off), RECORD_HEADER_LEN);
             self.tail += to_end;
+            // Publish the marker at once: if the record does not fit yet, the
+            // consumer must pass it for the whole capacity to become usable,
+            // and an abandoned grant must not leave an unpublished marker.
+            self.publish();
             if !self.has_room(framed)? {
-                // Publish the marker anyway, so the consumer passes it and
-                // the whole capacity becomes usable for this record.
-                self.publish();
                 return Err(PushError::Full);
             }
             0
