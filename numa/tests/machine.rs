@@ -12,8 +12,12 @@ use numa::{
 
 #[test]
 fn hwloc_and_sysfs_agree() {
+    let started = std::time::Instant::now();
     let hwloc = Topology::from_hwloc().unwrap();
+    let hwloc_took = started.elapsed();
+    let started = std::time::Instant::now();
     let sysfs = Topology::from_sysfs(Path::new("/")).unwrap();
+    eprintln!("discovery took: hwloc {hwloc_took:?}, sysfs {:?}", started.elapsed());
     eprintln!("hwloc: {hwloc:#?}\nsysfs: {sysfs:#?}");
     assert_eq!(hwloc.source, TopologySource::Hwloc);
     assert_eq!(sysfs.source, TopologySource::Sysfs);
