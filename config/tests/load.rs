@@ -489,3 +489,22 @@ fn cores_accept_all_a_count_or_a_list() {
     assert_eq!(cores("2"), Cores::Count(2));
     assert_eq!(cores("[3, 1]"), Cores::List(vec![3, 1]));
 }
+
+#[test]
+fn crlf_line_endings_and_a_byte_order_mark_are_accepted() {
+    let dir = sandbox();
+    let text = "\u{feff}functions:\r\n  - id: a\r\n    trigger_port: 70000\r\n    handler_path: handler\r\n";
+    let errs = config::load_str(text, "crlf.yaml", dir.path())
+        .unwrap_err()
+        .0;
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!((errs[0].line, errs[0].column), (3, 19), "{}", errs[0]);
+    let ok = text.replace("70000", "8080");
+    assert_eq!(
+        config::load_str(&ok, "crlf.yaml", dir.path())
+            .unwrap()
+            .functions[0]
+            .trigger_port,
+        8080
+    );
+}
