@@ -202,7 +202,7 @@ pub enum ErrorKind {
         message: String,
     },
     /// `handler_path` is not a `.py` file and has no execute bit.
-    #[error("handler {} is not executable (mode {mode:o}); run `chmod +x {}`, or use a .py handler, which runs with python3", .path.display(), .path.display())]
+    #[error("handler {} is not executable (mode {mode:04o}); run `chmod +x {}`, or use a .py handler, which runs with python3", .path.display(), .path.display())]
     HandlerNotExecutable {
         /// The resolved path.
         path: PathBuf,
