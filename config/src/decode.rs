@@ -462,16 +462,9 @@ impl Decoder<'_> {
 
     fn metrics_addr(&mut self, node: &Node) -> Option<SocketAddr> {
         let path = "orchestrator.metrics_addr";
-        let addr: SocketAddr = self.parsed(node, path, "ip:port, e.g. 127.0.0.1:9090")?;
-        if addr.port() == 0 {
-            let kind = ErrorKind::InvalidValue {
-                value: addr.to_string(),
-                reason: "the metrics port cannot be 0".to_owned(),
-            };
-            self.error(node.mark, path, kind);
-            return None;
-        }
-        Some(addr)
+        // Port 0 asks for any free port (aetherd logs the one it got); tests
+        // that run several aetherd processes side by side use it.
+        self.parsed(node, path, "ip:port, e.g. 127.0.0.1:9090")
     }
 
     fn cores(&mut self, node: &Node) -> Cores {
@@ -764,7 +757,7 @@ impl Decoder<'_> {
         let overlaps = orchestrator.listen_addr.is_unspecified()
             || metrics.ip().is_unspecified()
             || orchestrator.listen_addr == metrics.ip();
-        if port == metrics.port() && overlaps {
+        if port == metrics.port() && metrics.port() != 0 && overlaps {
             let kind = ErrorKind::PortConflict {
                 port,
                 metrics_addr: metrics.to_string(),

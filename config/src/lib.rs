@@ -37,7 +37,7 @@
 //! | `orchestrator.restore_timeout_ms` | integer (ms) | `1..=60000` | `100` | a CRIU restore slower than this is killed and reported (the original's example says 15; 100 leaves room for today's measured 70–85 ms restores) |
 //! | `orchestrator.snapshot_dir` | path | — | `/dev/shm/aetherless` | CRIU images |
 //! | `orchestrator.cores` | `all`, integer, or list of integers | count `1..=1024`, ids `0..=4095`, unique | `all` | CPUs that get an executor: all allowed ones, the first N allowed ones, or exactly these ids |
-//! | `orchestrator.metrics_addr` | `ip:port` | port ≠ 0 | `127.0.0.1:9090` | Prometheus endpoint |
+//! | `orchestrator.metrics_addr` | `ip:port` | port 0 = any free port | `127.0.0.1:9090` | Prometheus endpoint |
 //! | `orchestrator.listen_addr` | IP address | — | `0.0.0.0` | address trigger ports are bound on |
 //! | `orchestrator.state_dir` | path | — | `/run/aetherless` | pidfile, control segment |
 //! | `orchestrator.log_dir` | path | — | `/var/log/aetherless` | aetherd's and instances' logs |

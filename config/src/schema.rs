@@ -249,7 +249,7 @@ pub fn reference_table() -> String {
         int_row(oo, &o::RESTORE_TIMEOUT_MS, "integer (ms)", "a CRIU restore slower than this is killed and reported (the original's example says 15; 100 leaves room for today's measured 70–85 ms restores)"),
         row("orchestrator.snapshot_dir", "path", "—", &format!("`{}`", o::SNAPSHOT_DIR), "CRIU images"),
         row("orchestrator.cores", "`all`, integer, or list of integers", &format!("count `{}`, ids `{}`, unique", o::CORES_COUNT.range_text(), o::CORE_ID.range_text()), "`all`", "CPUs that get an executor: all allowed ones, the first N allowed ones, or exactly these ids"),
-        row("orchestrator.metrics_addr", "`ip:port`", "port ≠ 0", &format!("`{}`", o::METRICS_ADDR), "Prometheus endpoint"),
+        row("orchestrator.metrics_addr", "`ip:port`", "port 0 = any free port", &format!("`{}`", o::METRICS_ADDR), "Prometheus endpoint"),
         row("orchestrator.listen_addr", "IP address", "—", &format!("`{}`", o::LISTEN_ADDR), "address trigger ports are bound on"),
         row("orchestrator.state_dir", "path", "—", &format!("`{}`", o::STATE_DIR), "pidfile, control segment"),
         row("orchestrator.log_dir", "path", "—", &format!("`{}`", o::LOG_DIR), "aetherd's and instances' logs"),
