@@ -1,0 +1,397 @@
+//! Keeps the desired number of instances of one function on one core.
+//!
+//! Runtime-agnostic: a [`Supervisor`] is a plain struct driven by
+//! [`Supervisor::tick`], which never blocks (handshakes are polled, exits are
+//! found with `waitpid(WNOHANG)`). The owner calls `tick` on a timer — every
+//! few milliseconds while something is starting or backing off
+//! ([`Supervisor::next_tick`] says when), and e.g. every 50 ms otherwise to
+//! notice exits. (glommio cannot await arbitrary fds such as a pidfd cheaply,
+//! so a tick is the simple, portable choice; [`Instance::pidfd`] is exposed
+//! for owners that can poll it.)
+//!
+//! Restarts back off exponentially: `initial`, ×2 per consecutive failure, up
+//! to `max`; the failure count resets once an instance has been ready for
+//! `reset_after`. A failure is a crash (any exit nobody asked for, including
+//! an OOM kill), a failed handshake or a failed spawn.
+//!
+//! The set of ready instances changes only inside `tick`/`set_desired`/
+//! `shutdown`; each change bumps [`Supervisor::generation`] and is reported as
+//! a [`SupervisorEvent`], so the gateway can add and remove backends.
+
+use std::time::{Duration, Instant};
+
+use super::cgroup::CgroupRoot;
+use super::netns::NetnsPool;
+use super::{start, ExitReason, Instance, InstanceSpec, StartProgress, StartingInstance};
+
+/// Restart backoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackoffPolicy {
+    /// Delay after the first failure.
+    pub initial: Duration,
+    /// Largest delay.
+    pub max: Duration,
+    /// Ready time after which the failure count resets.
+    pub reset_after: Duration,
+}
+
+impl Default for BackoffPolicy {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+            reset_after: Duration::from_secs(30),
+        }
+    }
+}
+
+impl BackoffPolicy {
+    /// Delay before the next start after `failures` consecutive failures.
+    pub fn delay(&self, failures: u32) -> Duration {
+        if failures == 0 {
+            return Duration::ZERO;
+        }
+        let factor = 1u32.checked_shl(failures - 1).unwrap_or(u32::MAX);
+        self.initial.saturating_mul(factor).min(self.max)
+    }
+}
+
+/// Counters of one supervisor.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SupervisorStats {
+    /// Instances spawned.
+    pub spawned: u64,
+    /// Spawns that replaced a failed instance.
+    pub restarts: u64,
+    /// Exits nobody asked for (OOM kills included).
+    pub crashes: u64,
+    /// OOM kills.
+    pub oom_kills: u64,
+    /// Failed handshakes and spawns.
+    pub start_failures: u64,
+}
+
+/// A change the owner should know about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SupervisorEvent {
+    /// An instance became ready (add it as a backend).
+    Ready {
+        /// Instance id.
+        instance: String,
+        /// Spawn-to-ready time.
+        after: Duration,
+    },
+    /// A ready instance is gone (remove it).
+    Exited {
+        /// Instance id.
+        instance: String,
+        /// How it ended.
+        reason: ExitReason,
+    },
+    /// A start failed (spawn or handshake); a retry is scheduled.
+    StartFailed {
+        /// Instance id.
+        instance: String,
+        /// The error, rendered.
+        error: String,
+        /// When the next start may happen.
+        retry_in: Duration,
+    },
+}
+
+/// Supervisor of one function on one core.
+#[derive(Debug)]
+pub struct Supervisor {
+    spec: InstanceSpec,
+    cgroups: CgroupRoot,
+    policy: BackoffPolicy,
+    desired: usize,
+    starting: Vec<StartingInstance>,
+    ready: Vec<Instance>,
+    seq: u64,
+    failures: u32,
+    owed_restarts: u64,
+    not_before: Option<Instant>,
+    stats: SupervisorStats,
+    generation: u64,
+}
+
+impl Supervisor {
+    /// A supervisor that will keep `desired` instances of `spec`.
+    pub fn new(
+        spec: InstanceSpec,
+        cgroups: CgroupRoot,
+        desired: usize,
+        policy: BackoffPolicy,
+    ) -> Self {
+        Self {
+            spec,
+            cgroups,
+            policy,
+            desired,
+            starting: Vec::new(),
+            ready: Vec::new(),
+            seq: 0,
+            failures: 0,
+            owed_restarts: 0,
+            not_before: None,
+            stats: SupervisorStats::default(),
+            generation: 0,
+        }
+    }
+
+    /// The spec.
+    pub fn spec(&self) -> &InstanceSpec {
+        &self.spec
+    }
+
+    /// Changes the desired count; extra instances are stopped at the next tick.
+    pub fn set_desired(&mut self, n: usize) {
+        self.desired = n;
+    }
+
+    /// Ready instances (the gateway's backends).
+    pub fn ready(&self) -> &[Instance] {
+        &self.ready
+    }
+
+    /// Ready instances, mutable (for lifecycle events such as `RequestBegan`).
+    pub fn ready_mut(&mut self) -> &mut [Instance] {
+        &mut self.ready
+    }
+
+    /// Instances in the handshake.
+    pub fn starting(&self) -> usize {
+        self.starting.len()
+    }
+
+    /// Bumped on every change of the ready set.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> SupervisorStats {
+        self.stats
+    }
+
+    /// Consecutive failures counted by the backoff.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// When `tick` next has work: now while starting, the backoff's end while
+    /// backing off, `None` when settled (tick at leisure to notice exits).
+    pub fn next_tick(&self, now: Instant) -> Option<Instant> {
+        if !self.starting.is_empty() {
+            return Some(now);
+        }
+        if self.ready.len() < self.desired {
+            return Some(self.not_before.unwrap_or(now).max(now));
+        }
+        None
+    }
+
+    fn fail(&mut self, now: Instant) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        self.owed_restarts += 1;
+        let d = self.policy.delay(self.failures);
+        self.not_before = Some(now + d);
+        d
+    }
+
+    /// Advances everything; never blocks for long (spawning is a clone plus
+    /// an exec; a namespace comes from the pool).
+    pub fn tick(&mut self, now: Instant, pool: &NetnsPool) -> Vec<SupervisorEvent> {
+        let mut events = Vec::new();
+        // 1. Handshakes.
+        for s in std::mem::take(&mut self.starting) {
+            let id = s.instance().id().to_owned();
+            match s.poll() {
+                Ok(StartProgress::Pending(s)) => self.starting.push(s),
+                Ok(StartProgress::Ready(i)) => {
+                    events.push(SupervisorEvent::Ready {
+                        instance: id,
+                        after: i.ready_after().unwrap_or_default(),
+                    });
+                    self.ready.push(i);
+                    self.generation += 1;
+                }
+                Err(e) => {
+                    self.stats.start_failures += 1;
+                    let retry_in = self.fail(now);
+                    events.push(SupervisorEvent::StartFailed {
+                        instance: id,
+                        error: e.to_string(),
+                        retry_in,
+                    });
+                }
+            }
+        }
+        // 2. Exits of ready instances.
+        let mut i = 0;
+        while i < self.ready.len() {
+            let exited = match self.ready[i].try_wait() {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "waitpid failed");
+                    None
+                }
+            };
+            let Some(reason) = exited else {
+                i += 1;
+                continue;
+            };
+            let inst = self.ready.swap_remove(i);
+            self.generation += 1;
+            if reason.is_failure() {
+                self.stats.crashes += 1;
+                if matches!(reason, ExitReason::OomKilled { .. }) {
+                    self.stats.oom_kills += 1;
+                }
+                if now.duration_since(inst.started_at()) >= self.policy.reset_after {
+                    self.failures = 0;
+                }
+                self.fail(now);
+            }
+            events.push(SupervisorEvent::Exited {
+                instance: inst.id().to_owned(),
+                reason,
+            });
+        }
+        // 3. Healthy long enough: forget past failures.
+        if self.failures > 0
+            && self
+                .ready
+                .iter()
+                .any(|r| now.duration_since(r.started_at()) >= self.policy.reset_after)
+        {
+            self.failures = 0;
+        }
+        // 4. Too many: stop the newest.
+        while self.ready.len() + self.starting.len() > self.desired {
+            if let Some(mut s) = self.starting.pop() {
+                let _ = stop_starting(&mut s);
+                continue;
+            }
+            if let Some(mut inst) = self.ready.pop() {
+                let reason = inst.kill_and_wait().unwrap_or(ExitReason::Stopped);
+                self.generation += 1;
+                events.push(SupervisorEvent::Exited {
+                    instance: inst.id().to_owned(),
+                    reason,
+                });
+            }
+        }
+        // 5. Too few: start, unless backing off.
+        while self.ready.len() + self.starting.len() < self.desired
+            && self.not_before.is_none_or(|t| now >= t)
+        {
+            let id = self.next_id();
+            let started = pool
+                .take(self.spec.egress)
+                .map_err(super::InstanceError::from)
+                .and_then(|ns| start(&self.spec, &id, &self.cgroups, ns));
+            match started {
+                Ok(s) => {
+                    self.stats.spawned += 1;
+                    if self.owed_restarts > 0 {
+                        self.owed_restarts -= 1;
+                        self.stats.restarts += 1;
+                    }
+                    self.starting.push(s);
+                }
+                Err(e) => {
+                    self.stats.start_failures += 1;
+                    let retry_in = self.fail(now);
+                    events.push(SupervisorEvent::StartFailed {
+                        instance: id,
+                        error: e.to_string(),
+                        retry_in,
+                    });
+                    break;
+                }
+            }
+        }
+        events
+    }
+
+    fn next_id(&mut self) -> String {
+        self.seq += 1;
+        match self.spec.cpu {
+            Some(c) => format!("{}-c{c}-{}", self.spec.function_id, self.seq),
+            None => format!("{}-{}", self.spec.function_id, self.seq),
+        }
+    }
+
+    /// Stops everything: SIGTERM to ready instances, SIGKILL to those still
+    /// running after `grace` (pid 1 of a namespace ignores SIGTERM unless it
+    /// handles it), handshakes killed at once. Blocks up to `grace`.
+    pub fn shutdown(&mut self, grace: Duration) -> Vec<SupervisorEvent> {
+        self.desired = 0;
+        for mut s in std::mem::take(&mut self.starting) {
+            let _ = stop_starting(&mut s);
+        }
+        for inst in &mut self.ready {
+            let _ = inst.request_stop(libc::SIGTERM);
+        }
+        let deadline = Instant::now() + grace;
+        let mut events = Vec::new();
+        loop {
+            let mut i = 0;
+            while i < self.ready.len() {
+                if let Ok(Some(reason)) = self.ready[i].try_wait() {
+                    let inst = self.ready.swap_remove(i);
+                    events.push(SupervisorEvent::Exited {
+                        instance: inst.id().to_owned(),
+                        reason,
+                    });
+                } else {
+                    i += 1;
+                }
+            }
+            if self.ready.is_empty() || Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        for mut inst in std::mem::take(&mut self.ready) {
+            let reason = inst.kill_and_wait().unwrap_or(ExitReason::Stopped);
+            events.push(SupervisorEvent::Exited {
+                instance: inst.id().to_owned(),
+                reason,
+            });
+        }
+        self.generation += 1;
+        events
+    }
+}
+
+fn stop_starting(s: &mut StartingInstance) -> Result<ExitReason, super::InstanceError> {
+    s.inst.kill_and_wait()
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        if !self.ready.is_empty() || !self.starting.is_empty() {
+            self.shutdown(Duration::ZERO);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let p = BackoffPolicy::default();
+        assert_eq!(p.delay(0), Duration::ZERO);
+        assert_eq!(p.delay(1), Duration::from_millis(100));
+        assert_eq!(p.delay(2), Duration::from_millis(200));
+        assert_eq!(p.delay(5), Duration::from_millis(1600));
+        assert_eq!(p.delay(8), Duration::from_secs(10));
+        assert_eq!(p.delay(40), Duration::from_secs(10));
+    }
+}
