@@ -170,7 +170,10 @@ mod tests {
         let (_d, mut hs) = pair();
         let mut c = UnixStream::connect(hs.path()).unwrap();
         c.write_all(b"HELLO").unwrap();
-        assert_eq!(hs.poll().unwrap(), HandshakeStep::Garbage(b"HELLO".to_vec()));
+        assert_eq!(
+            hs.poll().unwrap(),
+            HandshakeStep::Garbage(b"HELLO".to_vec())
+        );
         let (_d, mut hs) = pair();
         let mut c = UnixStream::connect(hs.path()).unwrap();
         c.write_all(b"REA").unwrap();

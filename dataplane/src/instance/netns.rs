@@ -506,7 +506,8 @@ impl Netns {
 #[allow(clippy::cast_possible_truncation)]
 const AF_INET_FAMILY: libc::sa_family_t = libc::AF_INET as libc::sa_family_t;
 #[allow(clippy::cast_possible_truncation)]
-const SOCKADDR_IN_LEN: libc::socklen_t = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+const SOCKADDR_IN_LEN: libc::socklen_t =
+    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
 
 fn prepare_on_this_thread(egress: Option<&Arc<Egress>>) -> Result<Netns, NetnsError> {
     let home = open_thread_netns().map_err(sys("open /proc/thread-self/ns/net"))?;

@@ -217,15 +217,7 @@ impl Supervisor {
                     self.ready.push(i);
                     self.generation += 1;
                 }
-                Err(e) => {
-                    self.stats.start_failures += 1;
-                    let retry_in = self.fail(now);
-                    events.push(SupervisorEvent::StartFailed {
-                        instance: id,
-                        error: e.to_string(),
-                        retry_in,
-                    });
-                }
+                Err(e) => events.push(self.start_failed(now, id, &e)),
             }
         }
         // 2. Exits of ready instances.
@@ -302,18 +294,27 @@ impl Supervisor {
                     self.starting.push(s);
                 }
                 Err(e) => {
-                    self.stats.start_failures += 1;
-                    let retry_in = self.fail(now);
-                    events.push(SupervisorEvent::StartFailed {
-                        instance: id,
-                        error: e.to_string(),
-                        retry_in,
-                    });
+                    events.push(self.start_failed(now, id, &e));
                     break;
                 }
             }
         }
         events
+    }
+
+    fn start_failed(
+        &mut self,
+        now: Instant,
+        instance: String,
+        e: &super::InstanceError,
+    ) -> SupervisorEvent {
+        self.stats.start_failures += 1;
+        let retry_in = self.fail(now);
+        SupervisorEvent::StartFailed {
+            instance,
+            error: e.to_string(),
+            retry_in,
+        }
     }
 
     fn next_id(&mut self) -> String {
