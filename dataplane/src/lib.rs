@@ -1,1 +1,2 @@
+pub mod gateway;
 pub mod instance;

@@ -1,0 +1,636 @@
+//! One client connection: read requests in order, admit each, forward it to a
+//! backend over a pooled connection, stream the response back.
+//!
+//! Per request:
+//!
+//! ```text
+//! head ──parse──▶ admit (slot now | queue | 503) ──▶ upstream conn (pool | connect)
+//!   ──▶ head + body to upstream ──▶ response head      (all before the deadline: 504)
+//!   ──▶ response body to client ──▶ conn back to pool, slot released
+//! ```
+//!
+//! Failures before any byte of the request left for a backend (refused
+//! connect, a pooled connection that breaks on the first write) are retried;
+//! so is a reused connection that closes without answering when the whole
+//! request is still at hand and the method is idempotent. Anything else after
+//! the request was written is a 502.
+
+use std::cell::Cell;
+use std::io;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_lite::future;
+use glommio::net::TcpStream;
+use glommio::timer::Timer;
+
+use super::admission::{AdmissionError, FunctionRoute, Permit};
+use super::body::{BodyError, BodyReader, BodyWriter, Step};
+use super::conn::Conn;
+use super::http::{self, ClientView, Framing, HeadError, RequestHead, ResponseHead};
+use super::metrics::FunctionMetrics;
+use super::signal::Signal;
+
+/// Queued output is written once it reaches this size.
+const FLUSH_AT: usize = 64 * 1024;
+/// Attempts per request (connect failures, broken pooled connections).
+const MAX_ATTEMPTS: usize = 4;
+/// How long a closing connection keeps reading what the client still sends,
+/// so the error response is not destroyed by a reset.
+const LINGER: Duration = Duration::from_secs(1);
+/// Most bytes discarded while lingering.
+const LINGER_BYTES: usize = 1 << 20;
+/// Status recorded for a request the client abandoned.
+pub const STATUS_CLIENT_GONE: u16 = 499;
+
+/// What the connections of one function on one core share.
+#[derive(Debug)]
+pub struct Shared {
+    /// The function's backends on this core.
+    pub route: Rc<FunctionRoute>,
+    /// Its metrics on this core.
+    pub metrics: FunctionMetrics,
+    /// Fired when draining starts: finish the request at hand, then close.
+    pub drain: Signal,
+    /// Fired when the drain deadline passes: close at once.
+    pub force: Signal,
+    /// Client idle/read timeout.
+    pub client_timeout: Duration,
+}
+
+/// How a connection continues after an exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum After {
+    KeepAlive,
+    Close,
+    /// Close, after reading off what the client may still be sending.
+    Linger,
+}
+
+/// Why an exchange failed before a response head reached the client.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error("no response head before the function's timeout")]
+    Timeout,
+    #[error(transparent)]
+    QueueFull(AdmissionError),
+    /// A backend failed after the request (or part of it) was written.
+    #[error("upstream failed after the request was sent: {0}")]
+    Upstream(std::io::Error),
+    #[error("upstream sent an invalid response head: {0}")]
+    BadUpstreamHead(HeadError),
+    #[error("invalid request body: {0}")]
+    BadBody(BodyError),
+    #[error("request body larger than the limit")]
+    BodyTooLarge,
+    #[error("client closed the connection")]
+    ClientGone,
+}
+
+impl Failure {
+    fn status(&self) -> u16 {
+        match self {
+            Self::Timeout => 504,
+            Self::QueueFull(_) => 503,
+            Self::Upstream(_) | Self::BadUpstreamHead(_) => 502,
+            Self::BadBody(_) => 400,
+            Self::BodyTooLarge => 413,
+            Self::ClientGone => STATUS_CLIENT_GONE,
+        }
+    }
+}
+
+/// Where a body pump failed.
+#[derive(Debug, thiserror::Error)]
+enum PumpError {
+    #[error("reading the body failed: {0}")]
+    Source(std::io::Error),
+    #[error("the body is malformed: {0}")]
+    SourceBody(BodyError),
+    #[error("writing the body failed: {0}")]
+    Sink(std::io::Error),
+    #[error("the body exceeds the limit")]
+    TooLarge,
+}
+
+fn truncated() -> io::Error {
+    io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed inside a body")
+}
+
+/// Output queued for one side, with whether any of it already left.
+struct Outbox<'a> {
+    buf: &'a mut Vec<u8>,
+    /// Bytes of this message were written (and dropped from `buf`).
+    flushed: bool,
+}
+
+impl Outbox<'_> {
+    async fn flush(&mut self, dst: &mut Conn) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            dst.write_all(self.buf).await?;
+            self.buf.clear();
+            self.flushed = true;
+        }
+        Ok(())
+    }
+}
+
+/// Moves one body from `src` to `dst`. `out` may already hold bytes for
+/// `dst` (a head); on success it holds the unwritten tail, ending with the
+/// body's end. `interim`, if any, is written to `src` before the first wait
+/// for body bytes (`100 Continue`) and then cleared.
+#[allow(clippy::too_many_arguments)]
+async fn pump(
+    src: &mut Conn,
+    reader: &mut BodyReader,
+    dst: &mut Conn,
+    writer: BodyWriter,
+    out: &mut Outbox<'_>,
+    limit: Option<u64>,
+    seen: &mut u64,
+    interim: &mut Option<&'static [u8]>,
+) -> Result<(), PumpError> {
+    loop {
+        match reader.step(src.buffered()).map_err(PumpError::SourceBody)? {
+            Step::Data { skip, len } => {
+                *seen += len as u64;
+                if limit.is_some_and(|l| *seen > l) {
+                    return Err(PumpError::TooLarge);
+                }
+                let data = src.buffered().get(skip..skip + len).unwrap_or_default();
+                writer.data(out.buf, data);
+                src.consume(skip + len);
+                if out.buf.len() >= FLUSH_AT {
+                    out.flush(dst).await.map_err(PumpError::Sink)?;
+                }
+            }
+            Step::NeedMore { consumed } => {
+                src.consume(consumed);
+                out.flush(dst).await.map_err(PumpError::Sink)?;
+                if let Some(bytes) = interim.take() {
+                    src.write_all(bytes).await.map_err(PumpError::Source)?;
+                }
+                match src.fill().await {
+                    Ok(0) if reader.ends_at_close() => {
+                        reader.finish_at_close();
+                        writer.finish(out.buf);
+                        return Ok(());
+                    }
+                    Ok(0) => return Err(PumpError::Source(truncated())),
+                    Ok(_) => {}
+                    Err(e) => return Err(PumpError::Source(e)),
+                }
+            }
+            Step::Done { consumed } => {
+                src.consume(consumed);
+                writer.finish(out.buf);
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The request being forwarded, kept across attempts.
+struct RequestSend<'a> {
+    out: Outbox<'a>,
+    reader: BodyReader,
+    /// The complete request is in `out.buf` (written at most once as a
+    /// whole): it can be replayed on another connection.
+    whole: bool,
+    seen: u64,
+    interim: Option<&'static [u8]>,
+    max_body: u64,
+}
+
+impl RequestSend<'_> {
+    /// Nothing of the request is lost if this attempt is abandoned.
+    fn restartable(&self) -> bool {
+        self.whole || !self.out.flushed
+    }
+}
+
+enum SendError {
+    Upstream(io::Error),
+    Client,
+    BadBody(BodyError),
+    TooLarge,
+}
+
+async fn send_request(
+    req: &mut RequestSend<'_>,
+    up: &mut Conn,
+    client: &mut Conn,
+) -> Result<(), SendError> {
+    if req.whole {
+        return up.write_all(req.out.buf).await.map_err(SendError::Upstream);
+    }
+    if !req.reader.is_done() {
+        let writer = if matches!(req.reader, BodyReader::Chunked(_)) {
+            BodyWriter::Chunked
+        } else {
+            BodyWriter::Identity
+        };
+        pump(
+            client,
+            &mut req.reader,
+            up,
+            writer,
+            &mut req.out,
+            Some(req.max_body),
+            &mut req.seen,
+            &mut req.interim,
+        )
+        .await
+        .map_err(|e| match e {
+            PumpError::Source(e) => {
+                tracing::debug!(error = %e, "client failed while sending its body");
+                SendError::Client
+            }
+            PumpError::SourceBody(b) => SendError::BadBody(b),
+            PumpError::Sink(e) => SendError::Upstream(e),
+            PumpError::TooLarge => SendError::TooLarge,
+        })?;
+    }
+    if req.out.flushed {
+        req.out.flush(up).await.map_err(SendError::Upstream)
+    } else {
+        // The whole request in one write; keep it for a replay.
+        up.write_all(req.out.buf)
+            .await
+            .map_err(SendError::Upstream)?;
+        req.whole = true;
+        Ok(())
+    }
+}
+
+enum HeadReadError {
+    /// The upstream closed or reset without sending a byte.
+    Silent(io::Error),
+    Io(io::Error),
+    Bad(HeadError),
+    Client,
+}
+
+fn silent_close(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::UnexpectedEof
+    )
+}
+
+async fn read_response_head(
+    up: &mut Conn,
+    client: &mut Conn,
+    view: ClientView,
+    out: &mut Vec<u8>,
+    client_dirty: &Cell<bool>,
+) -> Result<ResponseHead, HeadReadError> {
+    let mut got_any = false;
+    loop {
+        out.clear();
+        match http::parse_response(up.buffered(), view, out) {
+            Ok(Some(h)) if h.interim => {
+                up.consume(h.head_len);
+                got_any = true;
+                // 100 answers the Expect the gateway handles itself; other
+                // 1xx go to HTTP/1.1 clients (RFC 9110 §15.2).
+                if h.status != 100 && view.minor_version == 1 {
+                    client_dirty.set(true);
+                    client
+                        .write_all(out)
+                        .await
+                        .map_err(|_| HeadReadError::Client)?;
+                }
+            }
+            Ok(Some(h)) => {
+                up.consume(h.head_len);
+                return Ok(h);
+            }
+            Ok(None) => {
+                got_any |= !up.buffered().is_empty();
+                match up.fill().await {
+                    Ok(0) if got_any => return Err(HeadReadError::Io(truncated())),
+                    Ok(0) => return Err(HeadReadError::Silent(truncated())),
+                    Ok(_) => {}
+                    Err(e) if !got_any && silent_close(&e) => return Err(HeadReadError::Silent(e)),
+                    Err(e) => return Err(HeadReadError::Io(e)),
+                }
+            }
+            Err(e) => return Err(HeadReadError::Bad(e)),
+        }
+    }
+}
+
+async fn acquire(shared: &Shared) -> Result<Permit, Failure> {
+    if let Some(p) = shared.route.try_acquire() {
+        return Ok(p);
+    }
+    let wait = shared.route.enqueue().map_err(Failure::QueueFull)?;
+    shared.metrics.queued();
+    // Leaves the gauge right even when this future is dropped at the deadline.
+    struct Dequeue<'a>(&'a FunctionMetrics);
+    impl Drop for Dequeue<'_> {
+        fn drop(&mut self) {
+            self.0.dequeued();
+        }
+    }
+    let _dequeue = Dequeue(&shared.metrics);
+    Ok(wait.await)
+}
+
+/// The upstream side of an exchange whose response head arrived.
+struct Upstreamed {
+    permit: Permit,
+    up: Conn,
+    resp: ResponseHead,
+}
+
+/// Admits the request, sends it, reads the response head; retries what is
+/// safe to retry.
+async fn forward(
+    shared: &Shared,
+    client: &mut Conn,
+    req: &mut RequestSend<'_>,
+    head: &RequestHead,
+    resp_out: &mut Vec<u8>,
+    client_dirty: &Cell<bool>,
+) -> Result<Upstreamed, Failure> {
+    let core = shared.metrics.core();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let last = attempts >= MAX_ATTEMPTS;
+        let permit = acquire(shared).await?;
+        let backend = permit.backend();
+        let (mut up, reused) = match backend.pool().checkout() {
+            Some(c) => (c, true),
+            None => match backend.upstream().connect() {
+                Ok(s) => {
+                    core.upstream_connect();
+                    (Conn::from_std(s), false)
+                }
+                Err(e) => {
+                    tracing::debug!(function = shared.route.function(), backend = backend.id(), error = %e, "connect failed");
+                    shared.route.mark_suspect(backend);
+                    if last {
+                        return Err(Failure::Upstream(e));
+                    }
+                    core.retry();
+                    continue;
+                }
+            },
+        };
+        match send_request(req, &mut up, client).await {
+            Ok(()) => {}
+            Err(SendError::Upstream(e)) if req.restartable() && !last => {
+                if !reused {
+                    shared.route.mark_suspect(backend);
+                }
+                tracing::debug!(function = shared.route.function(), error = %e, reused, "write to upstream failed, retrying");
+                core.retry();
+                continue;
+            }
+            Err(SendError::Upstream(e)) => return Err(Failure::Upstream(e)),
+            Err(SendError::Client) => return Err(Failure::ClientGone),
+            Err(SendError::BadBody(e)) => return Err(Failure::BadBody(e)),
+            Err(SendError::TooLarge) => return Err(Failure::BodyTooLarge),
+        }
+        let view = ClientView {
+            is_head: head.is_head,
+            minor_version: head.minor_version,
+            keep_alive: head.keep_alive && !shared.drain.is_fired(),
+        };
+        match read_response_head(&mut up, client, view, resp_out, client_dirty).await {
+            Ok(resp) => return Ok(Upstreamed { permit, up, resp }),
+            Err(HeadReadError::Silent(e)) if reused && req.whole && head.idempotent && !last => {
+                tracing::debug!(function = shared.route.function(), error = %e, "reused upstream connection closed, retrying");
+                core.retry();
+            }
+            Err(HeadReadError::Silent(e) | HeadReadError::Io(e)) => {
+                return Err(Failure::Upstream(e))
+            }
+            Err(HeadReadError::Bad(e)) => return Err(Failure::BadUpstreamHead(e)),
+            Err(HeadReadError::Client) => return Err(Failure::ClientGone),
+        }
+    }
+}
+
+/// Reusable buffers of one client connection.
+#[derive(Debug, Default)]
+struct Scratch {
+    req: Vec<u8>,
+    resp: Vec<u8>,
+}
+
+async fn write_error(client: &mut Conn, out: &mut Vec<u8>, status: u16, close: bool) -> After {
+    out.clear();
+    http::write_error_response(out, status, close, status == 503);
+    match client.write_all(out).await {
+        Ok(()) if !close => After::KeepAlive,
+        Ok(()) => After::Linger,
+        Err(_) => After::Close,
+    }
+}
+
+/// One request/response exchange; returns the status and how to go on.
+async fn exchange(
+    shared: &Shared,
+    client: &mut Conn,
+    head: RequestHead,
+    started: Instant,
+    scratch: &mut Scratch,
+) -> (u16, After) {
+    let settings = *shared.route.settings();
+    if let Framing::Length(n) = head.body {
+        if n > settings.max_body_bytes {
+            return (413, write_error(client, &mut scratch.resp, 413, true).await);
+        }
+    }
+    let deadline = started + settings.timeout;
+    let client_dirty = Cell::new(false);
+    let mut req = RequestSend {
+        out: Outbox {
+            buf: &mut scratch.req,
+            flushed: false,
+        },
+        reader: BodyReader::new(head.body),
+        whole: false,
+        seen: 0,
+        interim: (head.expect_continue && head.body != Framing::Empty)
+            .then_some(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]),
+        max_body: settings.max_body_bytes,
+    };
+    let phase = future::or(
+        forward(
+            shared,
+            client,
+            &mut req,
+            &head,
+            &mut scratch.resp,
+            &client_dirty,
+        ),
+        async {
+            Timer::new(deadline.saturating_duration_since(Instant::now())).await;
+            Err(Failure::Timeout)
+        },
+    )
+    .await;
+    let Upstreamed {
+        permit,
+        mut up,
+        resp,
+    } = match phase {
+        Ok(u) => u,
+        Err(f) => {
+            let status = f.status();
+            if !matches!(f, Failure::Timeout | Failure::QueueFull(_)) {
+                tracing::debug!(function = shared.route.function(), status, failure = %f, "request failed");
+            }
+            if let Failure::ClientGone = f {
+                return (status, After::Close);
+            }
+            let close = !req.reader.is_done()
+                || client_dirty.get()
+                || !head.keep_alive
+                || shared.drain.is_fired();
+            return (
+                status,
+                write_error(client, &mut scratch.resp, status, close).await,
+            );
+        }
+    };
+    // The response: head, then body, streamed.
+    let mut reader = BodyReader::new(resp.upstream_body);
+    let mut out = Outbox {
+        buf: &mut scratch.resp,
+        flushed: false,
+    };
+    let result = pump(
+        &mut up,
+        &mut reader,
+        client,
+        BodyWriter::for_framing(resp.client_body),
+        &mut out,
+        None,
+        &mut 0,
+        &mut None,
+    )
+    .await;
+    let after = match result {
+        Ok(()) => match out.flush(client).await {
+            Ok(()) if resp.client_keep_alive => After::KeepAlive,
+            _ => After::Close,
+        },
+        Err(e) => {
+            tracing::debug!(function = shared.route.function(), error = %e, "response body aborted");
+            // Head already sent: the client learns of the failure by the
+            // connection closing before the body's end.
+            After::Close
+        }
+    };
+    if reader.is_done() && resp.upstream_keep_alive && permit.backend().is_live() {
+        permit.backend().pool().checkin(up);
+    }
+    drop(permit);
+    (resp.status, after)
+}
+
+/// Reads a request head; `Ok(None)` when the client closed between requests.
+async fn read_request_head(
+    client: &mut Conn,
+    client_ip: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<Option<RequestHead>, HeadError> {
+    loop {
+        out.clear();
+        if let Some(h) = http::parse_request(client.buffered(), client_ip, out)? {
+            client.consume(h.head_len);
+            return Ok(Some(h));
+        }
+        match client.fill().await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Reads off what the client still sends (bounded), so that closing does not
+/// reset the connection before it read the response.
+async fn linger(client: &mut Conn) {
+    if client.shutdown_write().await.is_err() {
+        return;
+    }
+    let discard = async {
+        let mut total = 0;
+        loop {
+            let n = client.buffered().len();
+            client.consume(n);
+            match client.fill().await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => total += n,
+            }
+            if total > LINGER_BYTES {
+                return;
+            }
+        }
+    };
+    future::or(discard, async {
+        Timer::new(LINGER).await;
+    })
+    .await;
+}
+
+/// Serves one client connection until it closes, errs, or the core drains.
+pub async fn serve_connection(shared: Rc<Shared>, stream: TcpStream) {
+    let ip = stream
+        .peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    // Failing to set options leaves a working, slower or untimed, connection.
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(Some(shared.client_timeout));
+    let mut client = Conn::new(stream);
+    let mut scratch = Scratch::default();
+    loop {
+        if client.buffered().is_empty() {
+            if shared.drain.is_fired() {
+                return;
+            }
+            let more = future::or(async { Some(client.fill().await) }, async {
+                shared.drain.wait().await;
+                None
+            })
+            .await;
+            match more {
+                Some(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+        }
+        let started = Instant::now();
+        let head = match read_request_head(&mut client, ip.as_bytes(), &mut scratch.req).await {
+            Ok(Some(h)) => h,
+            Ok(None) => return,
+            Err(e) => {
+                let status = e.status();
+                shared.metrics.request_started();
+                let after = write_error(&mut client, &mut scratch.resp, status, true).await;
+                shared.metrics.request_finished(status, started.elapsed());
+                if after == After::Linger {
+                    linger(&mut client).await;
+                }
+                return;
+            }
+        };
+        shared.metrics.request_started();
+        let (status, after) = exchange(&shared, &mut client, head, started, &mut scratch).await;
+        shared.metrics.request_finished(status, started.elapsed());
+        match after {
+            After::KeepAlive => {}
+            After::Close => return,
+            After::Linger => {
+                linger(&mut client).await;
+                return;
+            }
+        }
+    }
+}
