@@ -726,11 +726,13 @@ fn wake_waiter(line: &IndexLine) {
 /// Spins `SPIN_LIMIT` times, then sleeps on `line.waiter` with the Dekker
 /// protocol described in the module docs.
 fn wait_on(line: &IndexLine, deadline: Option<Instant>, mut ready: impl FnMut() -> bool) -> bool {
-    for _ in 0..SPIN_LIMIT {
+    let mut spins = 0;
+    while spins < SPIN_LIMIT {
         if ready() {
             return true;
         }
         spin_pause();
+        spins += 1;
     }
     let word = line.waiter.word();
     loop {

@@ -322,13 +322,21 @@ fn map_parse_error(e: httparse::Error) -> HeadError {
     }
 }
 
-fn check_size(len: usize) -> Result<(), HeadError> {
-    if len > MAX_HEAD_BYTES {
-        Err(HeadError::HeadTooLarge {
-            limit: MAX_HEAD_BYTES,
-        })
-    } else {
-        Ok(())
+/// The head's length from httparse's verdict on `buffered` bytes; `None`
+/// while incomplete. Enforces [`MAX_HEAD_BYTES`].
+fn head_len(
+    parsed: Result<httparse::Status<usize>, httparse::Error>,
+    buffered: usize,
+) -> Result<Option<usize>, HeadError> {
+    let too_large = HeadError::HeadTooLarge {
+        limit: MAX_HEAD_BYTES,
+    };
+    match parsed.map_err(map_parse_error)? {
+        httparse::Status::Complete(n) if n > MAX_HEAD_BYTES => Err(too_large),
+        httparse::Status::Complete(n) => Ok(Some(n)),
+        // A partial head that already fills the limit can only end beyond it.
+        httparse::Status::Partial if buffered >= MAX_HEAD_BYTES => Err(too_large),
+        httparse::Status::Partial => Ok(None),
     }
 }
 
@@ -360,17 +368,9 @@ pub fn parse_request(
 ) -> Result<Option<RequestHead>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    let head_len = match req.parse(buf).map_err(map_parse_error)? {
-        // A partial head that already fills the limit can only end beyond it.
-        httparse::Status::Partial if buf.len() >= MAX_HEAD_BYTES => {
-            return Err(HeadError::HeadTooLarge {
-                limit: MAX_HEAD_BYTES,
-            })
-        }
-        httparse::Status::Partial => return Ok(None),
-        httparse::Status::Complete(n) => n,
+    let Some(head_len) = head_len(req.parse(buf), buf.len())? else {
+        return Ok(None);
     };
-    check_size(head_len)?;
     // httparse guarantees these are set on Complete.
     let (Some(method), Some(path), Some(minor_version)) = (req.method, req.path, req.version)
     else {
@@ -463,17 +463,9 @@ pub fn parse_response(
 ) -> Result<Option<ResponseHead>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
-    let head_len = match resp.parse(buf).map_err(map_parse_error)? {
-        // A partial head that already fills the limit can only end beyond it.
-        httparse::Status::Partial if buf.len() >= MAX_HEAD_BYTES => {
-            return Err(HeadError::HeadTooLarge {
-                limit: MAX_HEAD_BYTES,
-            })
-        }
-        httparse::Status::Partial => return Ok(None),
-        httparse::Status::Complete(n) => n,
+    let Some(head_len) = head_len(resp.parse(buf), buf.len())? else {
+        return Ok(None);
     };
-    check_size(head_len)?;
     let (Some(status), Some(minor_version)) = (resp.code, resp.version) else {
         return Err(HeadError::Malformed(httparse::Error::Status));
     };
