@@ -73,7 +73,7 @@ use std::time::{Duration, Instant};
 
 use crate::segment::{Segment, SegmentError, SegmentLayout};
 use crate::sync::{
-    fence, spin_pause, AtomicU32, AtomicU64, DataTracker, Futex, Ordering, SPIN_LIMIT,
+    fence, spin_limit, spin_pause, AtomicU32, AtomicU64, DataTracker, Futex, Ordering,
 };
 
 /// Bytes of the record header (`len` + `crc`).
@@ -723,11 +723,11 @@ fn wake_waiter(line: &IndexLine) {
 }
 
 /// Waits until `ready()` is true or `deadline` passes; returns whether ready.
-/// Spins `SPIN_LIMIT` times, then sleeps on `line.waiter` with the Dekker
+/// Spins `spin_limit()` times, then sleeps on `line.waiter` with the Dekker
 /// protocol described in the module docs.
 fn wait_on(line: &IndexLine, deadline: Option<Instant>, mut ready: impl FnMut() -> bool) -> bool {
     let mut spins = 0;
-    while spins < SPIN_LIMIT {
+    while spins < spin_limit() {
         if ready() {
             return true;
         }

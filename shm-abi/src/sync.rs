@@ -19,7 +19,14 @@ pub(crate) use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 /// enough that a busy peer is caught without a syscall, short enough that an
 /// idle waiter stops burning its core almost at once. Zero under loom, where
 /// spinning only multiplies the explored interleavings.
-pub(crate) const SPIN_LIMIT: u32 = if cfg!(loom) { 0 } else { 1024 };
+#[inline]
+pub(crate) fn spin_limit() -> u32 {
+    if cfg!(loom) {
+        0
+    } else {
+        1024
+    }
+}
 
 /// One pause of a spin-wait.
 #[inline]
