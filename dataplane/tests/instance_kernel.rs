@@ -33,7 +33,8 @@ impl Env {
             eprintln!("SKIP {name}: needs root (namespaces, cgroups)");
             return None;
         }
-        let group = format!("aetherless-test-{}-{name}", std::process::id());
+        let group = std::env::var("AETHER_TEST_GROUP")
+            .unwrap_or_else(|_| format!("aetherless-test-{}-{name}", std::process::id()));
         let cgroups = match CgroupRoot::detect(&group) {
             Ok(c) => c,
             Err(e) => {
@@ -219,4 +220,390 @@ fn measure_setns_cost() {
         drop(s);
     }
     eprintln!("MEASURE tcp_connect in ns: {:?}", t.elapsed() / n);
+}
+
+#[test]
+fn two_instances_share_the_trigger_port() {
+    let Some(env) = Env::new("twins") else { return };
+    let spec = env.spec("twins", "test-echo.py", 18081);
+    let a = env.start(&spec, "twins-a").unwrap();
+    let b = env.start(&spec, "twins-b").unwrap();
+    for (inst, id) in [(&a, "twins-a"), (&b, "twins-b"), (&a, "twins-a")] {
+        let (status, body) = http_get(inst.connect_upstream().unwrap(), "/").unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(json_field(&body, "AETHER_INSTANCE_ID"), Some(id));
+        assert_eq!(json_field(&body, "AETHER_TRIGGER_PORT"), Some("18081"));
+    }
+}
+
+#[test]
+fn handshake_timeout_kills_the_handler() {
+    let Some(env) = Env::new("silent") else {
+        return;
+    };
+    let mut spec = env.spec("silent", "test-silent.sh", 18082);
+    spec.handshake_timeout = Duration::from_millis(300);
+    let ns = Netns::create(None).unwrap();
+    let starting = start(&spec, "silent-1", &env.cgroups, ns).unwrap();
+    let pid = starting.instance().pid();
+    let cg = starting.instance().cgroup_path().unwrap().to_path_buf();
+    let t = Instant::now();
+    let err = starting.wait().unwrap_err();
+    assert!(
+        matches!(err, InstanceError::HandshakeTimeout { after_ms: 300, waiting_for } if waiting_for.contains("READY")),
+        "{err}"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "gave up too early: {:?}",
+        t.elapsed()
+    );
+    assert!(
+        !pid_alive(pid),
+        "handler {pid} still alive after handshake timeout"
+    );
+    assert!(!cg.exists(), "cgroup {} left behind", cg.display());
+    eprintln!("error text: {err}");
+}
+
+#[test]
+fn handshake_garbage_is_rejected() {
+    let Some(env) = Env::new("garbage") else {
+        return;
+    };
+    let spec = env.spec("garbage", "test-garbage.py", 18083);
+    let ns = Netns::create(None).unwrap();
+    let starting = start(&spec, "garbage-1", &env.cgroups, ns).unwrap();
+    let pid = starting.instance().pid();
+    let err = starting.wait().unwrap_err();
+    assert!(
+        matches!(&err, InstanceError::HandshakeGarbage { got } if got == "HELLO"),
+        "{err}"
+    );
+    assert!(!pid_alive(pid));
+}
+
+#[test]
+fn exit_before_ready_carries_code_and_output() {
+    let Some(env) = Env::new("crash") else { return };
+    let spec = env.spec("crash", "test-crash.sh", 18084);
+    let err = env.start(&spec, "crash-1").unwrap_err();
+    match &err {
+        InstanceError::ExitedBeforeReady {
+            reason,
+            stderr_tail,
+        } => {
+            assert_eq!(*reason, ExitReason::Exited { code: 7 });
+            assert!(
+                stderr_tail.contains("test-crash: about to fail"),
+                "{stderr_tail}"
+            );
+        }
+        other => panic!("wrong error: {other}"),
+    }
+    let mut bad = spec.clone();
+    bad.program = PathBuf::from("/nonexistent/handler");
+    let err = env.start(&bad, "crash-2").unwrap_err();
+    assert!(err.to_string().contains("Exec"), "{err}");
+}
+
+#[test]
+fn memory_limit_oom_is_reported() {
+    let Some(env) = Env::new("oom") else { return };
+    let mut spec = env.spec("oom", "test-echo.py", 18085);
+    spec.memory_limit_bytes = 32 << 20;
+    let mut inst = env.start(&spec, "oom-1").unwrap();
+    // The request dies with the handler; only the exit matters.
+    let _ = http_get(inst.connect_upstream().unwrap(), "/oom");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reason = loop {
+        if let Some(r) = inst.try_wait().unwrap() {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "handler survived allocating 200 MB under a 32 MB limit"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(
+        reason,
+        ExitReason::OomKilled {
+            limit_bytes: 32 << 20
+        }
+    );
+    assert_eq!(inst.state(), InstanceState::Failed);
+    assert!(inst.cgroup_path().is_none());
+}
+
+/// Drives `sup` until `pred` accepts an event or `within` passes.
+fn drive(
+    sup: &mut Supervisor,
+    pool: &NetnsPool,
+    within: Duration,
+    mut pred: impl FnMut(&SupervisorEvent) -> bool,
+) -> (SupervisorEvent, Instant) {
+    let deadline = Instant::now() + within;
+    loop {
+        let now = Instant::now();
+        for ev in sup.tick(now, pool) {
+            eprintln!("event: {ev:?}");
+            if pred(&ev) {
+                return (ev, now);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no matching supervisor event within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn supervisor_restarts_crashes_with_backoff_and_counts_oom() {
+    let Some(env) = Env::new("super") else { return };
+    let mut spec = env.spec("super", "test-echo.py", 18086);
+    spec.memory_limit_bytes = 32 << 20;
+    let pool = NetnsPool::new(1, None).unwrap();
+    let policy = BackoffPolicy {
+        initial: Duration::from_millis(200),
+        max: Duration::from_secs(2),
+        reset_after: Duration::from_secs(30),
+    };
+    let mut sup = Supervisor::new(spec, env.cgroups.clone(), 1, policy);
+    let ready = |e: &SupervisorEvent| matches!(e, SupervisorEvent::Ready { .. });
+    let exited = |e: &SupervisorEvent| matches!(e, SupervisorEvent::Exited { .. });
+    drive(&mut sup, &pool, Duration::from_secs(10), ready);
+    let gen0 = sup.generation();
+    for (round, min_delay) in [(1u32, 200u64), (2, 400)] {
+        let _ = http_get(sup.ready()[0].connect_upstream().unwrap(), "/crash");
+        let (ev, t_exit) = drive(&mut sup, &pool, Duration::from_secs(5), exited);
+        assert!(
+            matches!(
+                ev,
+                SupervisorEvent::Exited {
+                    reason: ExitReason::Exited { code: 3 },
+                    ..
+                }
+            ),
+            "{ev:?}"
+        );
+        assert!(sup.ready().is_empty());
+        assert_eq!(sup.consecutive_failures(), round);
+        drive(&mut sup, &pool, Duration::from_secs(10), ready);
+        let waited = sup.ready()[0].started_at().duration_since(t_exit);
+        assert!(
+            waited >= Duration::from_millis(min_delay),
+            "restart {round} after {waited:?}, backoff is {min_delay} ms"
+        );
+        eprintln!("restart {round}: respawned {waited:?} after the crash");
+    }
+    assert!(sup.generation() >= gen0 + 4);
+    let _ = http_get(sup.ready()[0].connect_upstream().unwrap(), "/oom");
+    let (ev, _) = drive(&mut sup, &pool, Duration::from_secs(10), exited);
+    assert!(
+        matches!(ev, SupervisorEvent::Exited { reason: ExitReason::OomKilled { limit_bytes }, .. } if limit_bytes == 32 << 20),
+        "{ev:?}"
+    );
+    let stats = sup.stats();
+    assert_eq!(
+        (stats.crashes, stats.oom_kills, stats.restarts),
+        (3, 1, 2),
+        "{stats:?}"
+    );
+    drive(&mut sup, &pool, Duration::from_secs(10), ready);
+    let pid = sup.ready()[0].pid();
+    let events = sup.shutdown(Duration::from_millis(100));
+    assert!(
+        matches!(
+            events.as_slice(),
+            [SupervisorEvent::Exited {
+                reason: ExitReason::Stopped,
+                ..
+            }]
+        ),
+        "{events:?}"
+    );
+    assert!(!pid_alive(pid));
+}
+
+/// Not a test by itself: run by `no_orphans_when_the_parent_is_sigkilled` in a
+/// child process, which it then SIGKILLs.
+#[test]
+#[ignore = "helper process for no_orphans_when_the_parent_is_sigkilled"]
+fn orphan_helper() {
+    let Ok(out) = std::env::var("AETHER_ORPHAN_OUT") else {
+        return;
+    };
+    let env = Env::new("orphan").unwrap();
+    let spec = env.spec("orphan", "test-echo.py", 18087);
+    let inst = env.start(&spec, "orphan-1").unwrap();
+    std::fs::write(&out, inst.pid().to_string()).unwrap();
+    std::mem::forget(inst);
+    std::mem::forget(env);
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+#[test]
+fn no_orphans_when_the_parent_is_sigkilled() {
+    let Some(env) = Env::new("orphan") else {
+        return;
+    };
+    let out = env.dir.path().join("pid");
+    let group = env
+        .cgroups
+        .base()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let mut helper = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "orphan_helper", "--ignored", "--nocapture"])
+        .env("AETHER_ORPHAN_OUT", &out)
+        .env("AETHER_TEST_GROUP", &group)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let pid: i32 = loop {
+        if let Some(p) = std::fs::read_to_string(&out)
+            .ok()
+            .and_then(|s| s.parse().ok())
+        {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "helper never started its handler"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(pid_alive(pid));
+    helper.kill().unwrap();
+    helper.wait().unwrap();
+    let killed_at = Instant::now();
+    while pid_alive(pid) {
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(1),
+            "handler {pid} outlived its SIGKILLed parent by a second"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    eprintln!(
+        "handler gone {:?} after its parent was SIGKILLed",
+        killed_at.elapsed()
+    );
+    // The next aetherd's start-up clean-up removes the group the dead one left.
+    let report = CgroupRoot::detect(&group).unwrap().cleanup_stale().unwrap();
+    assert_eq!(report.removed, 1, "{report:?}");
+}
+
+#[test]
+fn stale_cgroup_cleanup_kills_leftovers() {
+    let Some(env) = Env::new("stale") else { return };
+    let mut child = std::process::Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .unwrap();
+    let pid = i32::try_from(child.id()).unwrap();
+    let cg = env.cgroups.create("stalefn", "stale-1", 64 << 20).unwrap();
+    cg.add_pid(pid).unwrap();
+    assert_eq!(cg.pids().unwrap(), vec![pid]);
+    let path = cg.path().to_path_buf();
+    drop(cg); // as if aetherd died: the group stays
+    let group = env
+        .cgroups
+        .base()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let report = CgroupRoot::detect(&group).unwrap().cleanup_stale().unwrap();
+    assert_eq!((report.killed, report.removed), (1, 1));
+    let status = child.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    assert!(!path.exists());
+}
+
+#[test]
+fn egress_reaches_the_bridge_and_pool_hands_out_prepared_namespaces() {
+    let Some(_env) = Env::new("egress") else {
+        return;
+    };
+    if std::process::Command::new("iptables")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIP egress: iptables not installed");
+        return;
+    }
+    let cfg = EgressConfig {
+        bridge: "aethtest0".into(),
+        veth_prefix: "aett".into(),
+        subnet: std::net::Ipv4Addr::new(10, 201, 0, 0),
+        prefix_len: 24,
+    };
+    let eg = Egress::setup(cfg.clone()).unwrap();
+    let mut plain = Vec::new();
+    for _ in 0..10 {
+        let t = Instant::now();
+        drop(Netns::create(None).unwrap());
+        plain.push(t.elapsed());
+    }
+    let mut with = Vec::new();
+    let mut keep = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        keep.push(Netns::create(Some(&eg)).unwrap());
+        with.push(t.elapsed());
+    }
+    eprintln!("MEASURE netns prepare (lo up): median {:?}", median(plain));
+    eprintln!(
+        "MEASURE netns prepare with egress veth: median {:?}",
+        median(with)
+    );
+    let ns = &keep[0];
+    let lease = ns.egress().unwrap();
+    assert!(lease.addr().to_string().starts_with("10.201.0."));
+    let listener = std::net::TcpListener::bind((cfg.gateway(), 0)).unwrap();
+    let addr = match listener.local_addr().unwrap() {
+        std::net::SocketAddr::V4(a) => a,
+        other => panic!("{other}"),
+    };
+    let mut s = ns.tcp_connect(addr, Some(Duration::from_secs(2))).unwrap();
+    let (mut peer, from) = listener.accept().unwrap();
+    assert_eq!(
+        from.ip(),
+        std::net::IpAddr::V4(lease.addr()),
+        "came from the namespace's address"
+    );
+    s.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    peer.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping");
+    // Without egress: the bridge is unreachable.
+    let isolated = Netns::create(None).unwrap();
+    assert!(isolated
+        .tcp_connect(addr, Some(Duration::from_millis(200)))
+        .is_err());
+
+    let pool = NetnsPool::new(2, Some(eg.clone())).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    let a = pool.take(true).unwrap();
+    let b = pool.take(false).unwrap();
+    eprintln!("MEASURE NetnsPool::take (prepared) x2: {:?}", t.elapsed());
+    assert!(a.egress().is_some() && b.egress().is_none());
+    drop((a, b, pool, keep, isolated, s, peer));
+    drop(eg);
+    Egress::cleanup_stale(&cfg);
+    let shown = std::process::Command::new("ip")
+        .args(["link", "show", "aethtest0"])
+        .output()
+        .unwrap();
+    assert!(!shown.status.success(), "bridge left behind");
 }
