@@ -419,3 +419,49 @@ fn blocking_wait_wakes_across_threads() {
         Err(PushError::Full)
     );
 }
+
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer; CLOCK_THREAD_CPUTIME_ID always exists on Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0);
+    Duration::new(
+        u64::try_from(ts.tv_sec).unwrap(),
+        u32::try_from(ts.tv_nsec).unwrap(),
+    )
+}
+
+#[test]
+fn idle_consumer_costs_no_cpu() {
+    let (_d, rs) = seg(256);
+    let mut c = rs.consumer().unwrap();
+    let mut p = rs.producer().unwrap();
+    let t = std::thread::spawn(move || {
+        let before = thread_cpu_time();
+        let started = std::time::Instant::now();
+        assert_eq!(
+            c.wait_pop(Some(Duration::from_millis(300))).unwrap_err(),
+            PopError::Empty
+        );
+        let waited = started.elapsed();
+        let cpu = thread_cpu_time() - before;
+        // Then a record pushed while it sleeps wakes it promptly.
+        let started = std::time::Instant::now();
+        let rec = c.wait_pop(Some(Duration::from_secs(10))).unwrap();
+        assert_eq!(&*rec, b"wake");
+        (waited, cpu, started.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    p.try_push(b"wake").unwrap();
+    let (waited, cpu, woke_after) = t.join().unwrap();
+    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    // Spinning the whole time would cost ~300 ms of CPU.
+    assert!(
+        cpu < Duration::from_millis(30),
+        "idle wait used {cpu:?} CPU"
+    );
+    assert!(woke_after < Duration::from_secs(5), "{woke_after:?}");
+}
