@@ -46,13 +46,17 @@ impl Env {
         Some(Self { cgroups, dir })
     }
 
+    /// The cgroup group name (what a restarted aetherd would detect again).
+    fn group(&self) -> String {
+        let name = self.cgroups.base().file_name().unwrap();
+        name.to_str().unwrap().to_owned()
+    }
+
     fn spec(&self, function: &str, program: &str, port: u16) -> InstanceSpec {
         let program = examples().join(program);
         let (program, args) = if program.extension().is_some_and(|e| e == "py") {
-            (
-                PathBuf::from("/usr/bin/python3"),
-                vec![program.display().to_string()],
-            )
+            // A bare name: resolved through the handler's PATH.
+            (PathBuf::from("python3"), vec![program.into_os_string()])
         } else {
             (program, Vec::new())
         };
@@ -130,6 +134,11 @@ fn echo_runs_in_own_pid_and_net_namespace() {
     let Some(env) = Env::new("echo") else { return };
     let mut spec = env.spec("echo", "test-echo.py", 18080);
     spec.cpu = Some(0);
+    // The real interpreter, not a wrapper on PATH (a pyenv shim adds its own
+    // variables), so the environment check sees exactly what we pass.
+    if Path::new("/usr/bin/python3").exists() {
+        spec.program = PathBuf::from("/usr/bin/python3");
+    }
     let mut times = Vec::new();
     for round in 0..5 {
         let inst = env.start(&spec, &format!("echo-{round}")).unwrap();
@@ -152,7 +161,8 @@ fn echo_runs_in_own_pid_and_net_namespace() {
         assert_eq!(json_field(&body, "TEST_VAR"), Some("hello world"));
         let sock = json_field(&body, "AETHER_SOCKET").unwrap();
         assert!(sock.ends_with("/state/sock/echo-0.sock"), "{sock}");
-        // Nothing from our environment but PATH, HOME, LANG.
+        // Nothing from our environment but PATH, HOME, LANG (python may add
+        // LC_CTYPE: PEP 538 locale coercion).
         let keys = body.split("\"env_keys\": [").nth(1).unwrap();
         for k in keys.trim_end_matches(['}', ']']).split(", ") {
             let k = k.trim_matches('"');
@@ -451,14 +461,7 @@ fn no_orphans_when_the_parent_is_sigkilled() {
         return;
     };
     let out = env.dir.path().join("pid");
-    let group = env
-        .cgroups
-        .base()
-        .file_name()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let group = env.group();
     let mut helper = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "orphan_helper", "--ignored", "--nocapture"])
         .env("AETHER_ORPHAN_OUT", &out)
@@ -512,14 +515,7 @@ fn stale_cgroup_cleanup_kills_leftovers() {
     assert_eq!(cg.pids().unwrap(), vec![pid]);
     let path = cg.path().to_path_buf();
     drop(cg); // as if aetherd died: the group stays
-    let group = env
-        .cgroups
-        .base()
-        .file_name()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let group = env.group();
     let report = CgroupRoot::detect(&group).unwrap().cleanup_stale().unwrap();
     assert_eq!((report.killed, report.removed), (1, 1));
     let status = child.wait().unwrap();

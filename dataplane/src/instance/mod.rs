@@ -34,6 +34,7 @@ pub mod state;
 pub mod supervisor;
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fmt;
 use std::fs::File;
 use std::io;
@@ -54,10 +55,11 @@ use state::{InstanceState, InvalidTransition, Lifecycle, LifecycleEvent};
 pub struct InstanceSpec {
     /// Function id (a cgroup and file name component).
     pub function_id: String,
-    /// Program to execute (absolute path, or resolved by the caller).
+    /// Program to execute: a path, or a bare name looked up in the
+    /// handler's `PATH` (e.g. `python3`, as `config::Function::command` says).
     pub program: PathBuf,
     /// Arguments after `argv[0]`.
-    pub args: Vec<String>,
+    pub args: Vec<OsString>,
     /// The function's extra environment.
     pub environment: BTreeMap<String, String>,
     /// `AETHER_TRIGGER_PORT`; the handler listens on it inside its netns.
@@ -74,6 +76,32 @@ pub struct InstanceSpec {
     pub log_dir: PathBuf,
     /// Handshake sockets go to `<state_dir>/sock/<instance>.sock`.
     pub state_dir: PathBuf,
+}
+
+impl InstanceSpec {
+    /// The spec of `f`'s instances on `cpu`, with logs under `log_dir` and
+    /// handshake sockets under `state_dir`.
+    pub fn from_function(
+        f: &config::Function,
+        cpu: Option<usize>,
+        log_dir: &Path,
+        state_dir: &Path,
+    ) -> Self {
+        let (program, args) = f.command();
+        Self {
+            function_id: f.id.clone(),
+            program: PathBuf::from(program),
+            args,
+            environment: f.environment.clone(),
+            trigger_port: f.trigger_port,
+            memory_limit_bytes: u64::from(f.memory_limit_mb) << 20,
+            handshake_timeout: Duration::from_millis(f.handshake_timeout_ms),
+            egress: f.egress,
+            cpu,
+            log_dir: log_dir.to_path_buf(),
+            state_dir: state_dir.to_path_buf(),
+        }
+    }
 }
 
 /// Errors of starting or running an instance.
@@ -462,7 +490,7 @@ pub fn start(
     let log: File = logs::open_log(&spec.log_dir, &spec.function_id, instance_id)?;
     let cg = cgroups.create(&spec.function_id, instance_id, spec.memory_limit_bytes)?;
     let env = handler_env(spec, instance_id, &socket);
-    let program = spec.program.to_string_lossy();
+    let program = spawn::resolve_program(&spec.program, env.get("PATH").map_or("", String::as_str));
     let spawned = (|| {
         let mut req = SpawnRequest::new(
             &program,

@@ -27,9 +27,12 @@
 //! [`spawn_process`] must live as long as the instance (aetherd's executor
 //! threads do). Leftovers are also killed by cgroup clean-up at the next start.
 
-use std::ffi::CString;
+use std::ffi::{CString, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 
 use super::cgroup::{CgroupError, InstanceCgroup};
 
@@ -113,29 +116,32 @@ pub struct SpawnRequest<'a> {
     pub cpu: Option<usize>,
 }
 
-fn cstring(s: &str) -> Result<CString, SpawnError> {
-    CString::new(s).map_err(|_| SpawnError::Nul(s.to_owned()))
+fn cstring(s: &[u8]) -> Result<CString, SpawnError> {
+    CString::new(s).map_err(|_| SpawnError::Nul(String::from_utf8_lossy(s).into_owned()))
 }
 
 impl<'a> SpawnRequest<'a> {
-    /// `argv[0]` is `program`; `env` entries become `KEY=VALUE`.
+    /// `argv[0]` is `program` (an absolute or relative path: `execve` does
+    /// not search `PATH`, see [`resolve_program`]); `env` entries become
+    /// `KEY=VALUE`.
     pub fn new<'e>(
-        program: &str,
-        args: &[String],
+        program: &Path,
+        args: &[OsString],
         env: impl IntoIterator<Item = (&'e str, &'e str)>,
         netns: BorrowedFd<'a>,
         log: BorrowedFd<'a>,
     ) -> Result<Self, SpawnError> {
-        let mut argv = vec![cstring(program)?];
+        let program = cstring(program.as_os_str().as_bytes())?;
+        let mut argv = vec![program.clone()];
         for a in args {
-            argv.push(cstring(a)?);
+            argv.push(cstring(a.as_bytes())?);
         }
         let envp = env
             .into_iter()
-            .map(|(k, v)| cstring(&format!("{k}={v}")))
+            .map(|(k, v)| cstring(format!("{k}={v}").as_bytes()))
             .collect::<Result<_, _>>()?;
         Ok(Self {
-            program: cstring(program)?,
+            program,
             argv,
             envp,
             netns,
@@ -144,6 +150,25 @@ impl<'a> SpawnRequest<'a> {
             cpu: None,
         })
     }
+}
+
+/// `program` itself when it contains a `/`; otherwise the first executable
+/// file of that name in the directories of `path` (a `PATH` value), like a
+/// shell would find it. Unresolvable names come back unchanged (the exec
+/// then fails with ENOENT, reported as [`SpawnError::Child`]).
+pub fn resolve_program(program: &Path, path: &str) -> PathBuf {
+    if program.as_os_str().as_bytes().contains(&b'/') {
+        return program.to_path_buf();
+    }
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let candidate = Path::new(dir).join(program);
+        let executable = std::fs::metadata(&candidate)
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+        if executable {
+            return candidate;
+        }
+    }
+    program.to_path_buf()
 }
 
 /// A running child: its pid (in aetherd's pid namespace) and a pidfd.
