@@ -139,6 +139,11 @@ fn echo_runs_in_own_pid_and_net_namespace() {
     if Path::new("/usr/bin/python3").exists() {
         spec.program = PathBuf::from("/usr/bin/python3");
     }
+    // An fd aetherd opened without O_CLOEXEC must not reach the handler.
+    let mut leaky = [0; 2];
+    // SAFETY: pipe writes two fds into the array.
+    assert_eq!(unsafe { libc::pipe(leaky.as_mut_ptr()) }, 0);
+    let leaky_name = std::fs::read_link(format!("/proc/self/fd/{}", leaky[0])).unwrap();
     let mut times = Vec::new();
     for round in 0..5 {
         let inst = env.start(&spec, &format!("echo-{round}")).unwrap();
@@ -172,6 +177,10 @@ fn echo_runs_in_own_pid_and_net_namespace() {
                 "unexpected env var {k}"
             );
         }
+        for fd in std::fs::read_dir(format!("/proc/{}/fd", inst.pid())).unwrap() {
+            let target = std::fs::read_link(fd.unwrap().path()).unwrap_or_default();
+            assert_ne!(target, leaky_name, "aetherd's fd leaked into the handler");
+        }
         let ours = |kind: &str| std::fs::read_link(format!("/proc/self/ns/{kind}")).unwrap();
         let theirs =
             |kind: &str| std::fs::read_link(format!("/proc/{}/ns/{kind}", inst.pid())).unwrap();
@@ -199,6 +208,11 @@ fn echo_runs_in_own_pid_and_net_namespace() {
                 .any(|l| l.line.contains("test-echo stderr line")),
             "{lines:?}"
         );
+    }
+    // SAFETY: closing the two fds we opened above.
+    unsafe {
+        libc::close(leaky[0]);
+        libc::close(leaky[1]);
     }
     eprintln!(
         "MEASURE python spawn->Ready: median {:?} of {times:?}",

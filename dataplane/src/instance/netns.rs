@@ -618,6 +618,10 @@ impl NetnsPool {
     pub fn take(&self, egress: bool) -> Result<Netns, NetnsError> {
         let (filler, eg) = match (&self.with_egress, egress) {
             (Some((f, eg)), true) => (f, Some(eg)),
+            (None, true) => {
+                tracing::warn!("egress asked for but aetherd has no egress bridge: loopback only");
+                (&self.plain, None)
+            }
             _ => (&self.plain, None),
         };
         match filler.rx.try_recv() {

@@ -14,6 +14,7 @@
 //! write pid to <cgroup>/cgroup.procs       prctl(PR_SET_PDEATHSIG, SIGKILL)
 //! sched_setaffinity(pid, {cpu})            read(sync) -- EOF means the parent died: _exit
 //! write(sync, 1 byte) -------------------> dup2 stdin=/dev/null, stdout=stderr=log
+//!                                          close_range(3.., CLOSE_RANGE_CLOEXEC)
 //!                                          reset signal mask and dispositions
 //! read(err): EOF = exec succeeded <------- execve  (on failure: write {stage u32, errno i32}
 //!            8 bytes = failure                      to err, _exit(127))
@@ -328,6 +329,16 @@ unsafe fn child_main(a: &ChildArgs) -> ! {
         if libc::dup2(a.devnull, 0) < 0 || libc::dup2(a.log, 1) < 0 || libc::dup2(a.log, 2) < 0 {
             child_fail(a.err_w, ChildStage::Dup2);
         }
+        // Whatever aetherd opened without O_CLOEXEC (runtime eventfds, ...)
+        // must not leak into the handler: mark every fd above stderr
+        // close-on-exec (the error pipe already is, and must stay open until
+        // the exec). Kernels before 5.11 lack close_range: ENOSYS is ignored.
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
