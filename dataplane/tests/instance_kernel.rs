@@ -209,10 +209,9 @@ fn echo_runs_in_own_pid_and_net_namespace() {
             "{lines:?}"
         );
     }
-    // SAFETY: closing the two fds we opened above.
-    unsafe {
-        libc::close(leaky[0]);
-        libc::close(leaky[1]);
+    for fd in leaky {
+        // SAFETY: closing an fd we opened above and nothing else uses.
+        unsafe { libc::close(fd) };
     }
     eprintln!(
         "MEASURE python spawn->Ready: median {:?} of {times:?}",
