@@ -28,6 +28,16 @@ pub(crate) fn spin_limit() -> u32 {
     }
 }
 
+/// Under loom: a SeqCst fence standing in for the SeqCst swap + SeqCst load
+/// pair of the wake-side Dekker handshake, which loom cannot model (it treats
+/// SeqCst accesses as AcqRel). Nothing in real builds, where the C++20
+/// SeqCst-access argument in `ring::wake_waiter` applies.
+#[inline]
+pub(crate) fn loom_dekker_fence() {
+    #[cfg(loom)]
+    fence(Ordering::SeqCst);
+}
+
 /// One pause of a spin-wait.
 #[inline]
 pub(crate) fn spin_pause() {
