@@ -220,6 +220,45 @@ fn echo_runs_in_own_pid_and_net_namespace() {
 }
 
 #[test]
+fn measure_spawn_cost() {
+    let Some(env) = Env::new("spawncost") else {
+        return;
+    };
+    // A handler that is a plain binary: measures clone + cgroup + exec only.
+    let mut spec = env.spec("spawncost", "test-silent.sh", 18090);
+    spec.program = PathBuf::from("/bin/sleep");
+    spec.args = vec!["1000".into()];
+    let pool = NetnsPool::new(4, None).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut times = Vec::new();
+    for i in 0..10 {
+        let ns = pool.take(false).unwrap();
+        let t = Instant::now();
+        let s = start(&spec, &format!("spawncost-{i}"), &env.cgroups, ns).unwrap();
+        times.push(t.elapsed());
+        drop(s);
+    }
+    eprintln!(
+        "MEASURE start() (cgroup + socket + clone + exec of /bin/sleep): median {:?}",
+        median(times)
+    );
+    let mut cg_times = Vec::new();
+    for i in 0..10 {
+        let t = Instant::now();
+        let cg = env
+            .cgroups
+            .create("spawncost", &format!("cg-{i}"), 64 << 20)
+            .unwrap();
+        cg_times.push(t.elapsed());
+        cg.destroy().unwrap();
+    }
+    eprintln!(
+        "MEASURE cgroup create (mkdir + limit): median {:?}",
+        median(cg_times)
+    );
+}
+
+#[test]
 fn measure_setns_cost() {
     let Some(_env) = Env::new("setns") else {
         return;

@@ -45,6 +45,13 @@ pub enum CgroupError {
         /// The name.
         name: String,
     },
+    /// cgroup v2 refused to enable `memory` for children of a group that
+    /// holds processes itself ("no internal processes" rule).
+    #[error("cgroup v2: cannot enable the memory controller below {path}: it holds processes itself (EBUSY). Run aetherd in a cgroup namespace whose root has no processes, or move those processes into a child group first")]
+    SubtreeBusy {
+        /// The group whose `cgroup.subtree_control` refused.
+        path: PathBuf,
+    },
     /// Processes were still in the group after repeated SIGKILLs.
     #[error("cgroup {path} still has processes after kill: {pids:?}")]
     NotEmpty {
@@ -260,7 +267,13 @@ fn enable_memory(dir: &Path) -> Result<(), CgroupError> {
     if current.split_whitespace().any(|c| c == "memory") {
         return Ok(());
     }
-    write_file(&ctl, "+memory")
+    match fs::write(&ctl, "+memory") {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(CgroupError::SubtreeBusy {
+            path: dir.to_path_buf(),
+        }),
+        Err(e) => Err(io_err("write", &ctl)(e)),
+    }
 }
 
 fn read_pids(group: &Path) -> Result<Vec<i32>, CgroupError> {
