@@ -1,1 +1,2 @@
 //! Benchmark binaries live in src/bin.
+pub mod gateway;

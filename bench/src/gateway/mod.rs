@@ -1,0 +1,574 @@
+//! The gateway benchmark (binary `gateway`): what the aetherd hop costs.
+//!
+//! One run measures the same native handler (`hello-native`, from
+//! `examples/native-hello`) three ways, with the same load generator
+//! ([`loadgen`]) and the same request (`GET /bench`, HTTP/1.1 keep-alive):
+//!
+//! 1. **direct**: the handler itself on `127.0.0.1:PORT` (no handshake,
+//!    `--threads` = the allowed cpus);
+//! 2. **nginx**: Debian's nginx as a reverse proxy in front of that same
+//!    handler process (1 worker, upstream `keepalive 64`, see [`nginx`]);
+//! 3. **aetherd**: `aetherctl up` with a generated configuration whose
+//!    function runs the same binary (see [`aetherd`]); `aetherctl down` after.
+//!
+//! Per mode: latency with 1 connection (warm-up, then N sequential requests
+//! into an hdrhistogram → p50/p99/p999 µs) and throughput with 32 connections
+//! over 2 client threads for a fixed window (complete `200`s per second).
+//! Added latency = mode − direct, from the same run.
+//!
+//! **Shared cpus.** Our machines have 2 cores. Nothing is pinned: client
+//! threads, nginx's worker or aetherd's executors, and the handler's threads
+//! all share both cores, as they would on a small host. The numbers are thus
+//! "per 2-core box", and each proxy's own cpu use shows up as lost throughput.
+//!
+//! Everything is loopback, bounded (request counts, windows, timeouts, an
+//! error budget), and every child is stopped by a guard, also on error paths
+//! and on Ctrl-C/SIGTERM ([`interrupt`]). A mode that cannot run (nginx not
+//! installed, aetherd not built or not serving) is `null` in the JSON with an
+//! explanation in `results.errors`, and the process exits non-zero unless the
+//! mode was named in `--allow-missing`. The direct mode must always work.
+
+pub mod aetherd;
+pub mod http;
+pub mod interrupt;
+pub mod loadgen;
+pub mod nginx;
+pub mod process;
+
+use crate::cli::CommonArgs;
+use crate::clock::{timer_overhead_ns, utc_timestamp};
+use crate::histogram::Percentiles;
+use crate::machine::Machine;
+use crate::report::{git_revision, Report, ReportError, Target};
+use aetherd::{Aetherd, AetherdSetup, FunctionShape};
+use loadgen::LoadError;
+use nginx::Nginx;
+use process::{free_port, wait_until_serving, ChildGuard, ProcessError};
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use thiserror::Error;
+
+/// The path every request asks for.
+pub const REQUEST_PATH: &str = "/bench";
+
+/// The body the native handler answers to [`REQUEST_PATH`] (checked before
+/// each mode is measured, so a proxy that answers something else is caught).
+#[must_use]
+pub fn expected_body() -> Vec<u8> {
+    format!(r#"{{"message": "Hello from Aetherless!", "path": "{REQUEST_PATH}"}}"#).into_bytes()
+}
+
+/// A mode that may be reported as unavailable with `--allow-missing`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Optional {
+    Nginx,
+    Aetherd,
+}
+
+/// Command line of the `gateway` binary.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "gateway",
+    about = "Latency (1 connection) and throughput (32 connections) of the native handler: direct, behind nginx, behind aetherd"
+)]
+pub struct GatewayArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Latency samples per mode [default: 100000, smoke 10000].
+    #[arg(long)]
+    pub samples: Option<u64>,
+
+    /// Warm-up requests before the latency samples [default: samples / 10].
+    #[arg(long)]
+    pub warmup: Option<u64>,
+
+    /// Throughput window per mode, seconds [default: 10, smoke 2].
+    #[arg(long)]
+    pub duration_s: Option<f64>,
+
+    /// Connections of the throughput run.
+    #[arg(long, default_value_t = 32)]
+    pub connections: usize,
+
+    /// Client threads of the throughput run (connections are spread over them).
+    #[arg(long, default_value_t = 2)]
+    pub client_threads: usize,
+
+    /// Worker threads of the directly run handler [default: number of allowed cpus].
+    #[arg(long)]
+    pub handler_threads: Option<usize>,
+
+    /// Instances of the function under aetherd [default: number of allowed cpus].
+    #[arg(long)]
+    pub aetherd_instances: Option<u32>,
+
+    /// `concurrency` (in-flight requests per instance) of the function under aetherd.
+    #[arg(long, default_value_t = 64)]
+    pub aetherd_concurrency: u32,
+
+    /// The nginx binary.
+    #[arg(long, default_value = "/usr/sbin/nginx")]
+    pub nginx: PathBuf,
+
+    /// Directory holding hello-native, aetherd and aetherctl [default: the
+    /// directory of this binary, i.e. target/release].
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+
+    /// Do not run `cargo build --release -p native-hello -p dataplane -p control` first.
+    #[arg(long)]
+    pub no_build: bool,
+
+    /// Report this mode as unavailable (null) instead of failing when it cannot run.
+    #[arg(long, value_enum)]
+    pub allow_missing: Vec<Optional>,
+}
+
+/// Errors that end the benchmark.
+#[derive(Debug, Error)]
+pub enum GatewayError {
+    /// The handler binary is missing (and could not be built).
+    #[error("{path} is missing{why}; build it with `cargo build --release -p native-hello` or pass --bin-dir")]
+    HandlerMissing { path: PathBuf, why: String },
+    /// The run directory could not be created.
+    #[error("cannot create a temp dir for the run: {0}")]
+    TempDir(std::io::Error),
+    /// The directly run handler failed to start.
+    #[error("direct handler: {0}")]
+    Direct(#[from] ProcessError),
+    /// Measuring a mode that must work failed.
+    #[error("measuring {mode}: {source}")]
+    Measure {
+        mode: &'static str,
+        source: LoadError,
+    },
+    /// Modes that could not run and were not allowed to be missing.
+    #[error("unavailable (results are null, see results.errors in {json}): {modes}; pass --allow-missing MODE to accept that")]
+    Unavailable { modes: String, json: PathBuf },
+    #[error(transparent)]
+    Report(#[from] ReportError),
+    #[error("interrupted by a signal; children stopped")]
+    Interrupted,
+}
+
+/// What was run (the JSON's `parameters`).
+#[derive(Debug, Clone, Serialize)]
+pub struct GatewayParameters {
+    pub request: String,
+    pub latency_connections: u32,
+    pub latency_warmup: u64,
+    pub latency_samples: u64,
+    pub throughput_connections: usize,
+    pub throughput_client_threads: usize,
+    pub throughput_warmup_s: f64,
+    pub throughput_window_s: f64,
+    pub handler: String,
+    pub handler_threads: usize,
+    pub nginx: String,
+    pub nginx_config: String,
+    pub aetherd_instances: u32,
+    pub aetherd_concurrency: u32,
+    pub pinning: String,
+    pub error_budget_per_run: u64,
+}
+
+/// One mode's numbers.
+#[derive(Debug, Clone)]
+struct ModeResult {
+    latency: Percentiles,
+    rps: f64,
+    errors: u64,
+    ok_per_thread: Vec<u64>,
+}
+
+fn us(ns: u64) -> f64 {
+    #[allow(clippy::cast_precision_loss)] // latencies far below 2^52 ns
+    let ns = ns as f64;
+    ns / 1000.0
+}
+
+/// Runs the benchmark; returns the JSON's path.
+///
+/// # Errors
+/// [`GatewayError`]: a failed direct mode, a mode unavailable without
+/// `--allow-missing` (the JSON is still written), a write error, a signal.
+pub fn run(args: &GatewayArgs) -> Result<PathBuf, GatewayError> {
+    interrupt::install();
+    let smoke = args.common.smoke;
+    let samples = args.samples.unwrap_or(if smoke { 10_000 } else { 100_000 });
+    let warmup = args.warmup.unwrap_or(samples / 10);
+    let window = Duration::from_secs_f64(
+        args.duration_s
+            .unwrap_or(if smoke { 2.0 } else { 10.0 })
+            .max(0.1),
+    );
+    let tput_warmup = if smoke {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(1)
+    };
+    let allowed = crate::affinity::allowed_cpus().unwrap_or_default();
+    let ncpu = allowed.len().max(1);
+    let handler_threads = args.handler_threads.unwrap_or(ncpu);
+    let instances = args
+        .aetherd_instances
+        .unwrap_or_else(|| u32::try_from(ncpu).unwrap_or(1));
+
+    let bin_dir = args.bin_dir.clone().unwrap_or_else(default_bin_dir);
+    let mut errors: BTreeMap<String, String> = BTreeMap::new();
+    if !args.no_build {
+        if let Err(why) = build(&["native-hello", "dataplane", "control"]) {
+            errors.insert(
+                "aetherd".into(),
+                format!("build of dataplane/control failed: {why}"),
+            );
+            if let Err(why) = build(&["native-hello"]) {
+                eprintln!("gateway: building native-hello failed: {why}");
+            }
+        }
+    }
+    let handler = bin_dir.join("hello-native");
+    if !handler.is_file() {
+        return Err(GatewayError::HandlerMissing {
+            path: handler,
+            why: String::new(),
+        });
+    }
+    let run_dir = tempfile::Builder::new()
+        .prefix("aether-gateway.")
+        .tempdir()
+        .map_err(GatewayError::TempDir)?;
+    let body = expected_body();
+    let request = http::get_request(REQUEST_PATH);
+    let measure = |mode: &'static str, addr: SocketAddr| -> Result<ModeResult, LoadError> {
+        eprintln!("gateway: {mode}: latency, 1 connection, {warmup} warm-up + {samples} requests");
+        let lat = loadgen::latency(addr, &request, warmup, samples)?;
+        eprintln!(
+            "gateway: {mode}: throughput, {} connections / {} threads, {:?} warm-up + {window:?}",
+            args.connections, args.client_threads, tput_warmup
+        );
+        let tput = loadgen::throughput(
+            addr,
+            &request,
+            args.connections,
+            args.client_threads,
+            tput_warmup,
+            window,
+        )?;
+        let latency = lat.histogram.summary();
+        eprintln!(
+            "gateway: {mode}: p50 {:.1} µs, p99 {:.1} µs, {:.0} req/s, {} errors",
+            us(latency.p50_ns),
+            us(latency.p99_ns),
+            tput.rps,
+            lat.errors + tput.errors
+        );
+        Ok(ModeResult {
+            latency,
+            rps: tput.rps,
+            errors: lat.errors + tput.errors,
+            ok_per_thread: tput.ok_per_thread,
+        })
+    };
+    let interrupted_or = |mode: &'static str, e: LoadError| match e {
+        LoadError::Interrupted => GatewayError::Interrupted,
+        source => GatewayError::Measure { mode, source },
+    };
+
+    // 1. direct, and the handler process the nginx mode proxies to.
+    let handler_port = free_port()?;
+    let handler_addr = SocketAddr::from(([127, 0, 0, 1], handler_port));
+    let mut cmd = Command::new(&handler);
+    cmd.args(["--port", &handler_port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--threads", &handler_threads.to_string()])
+        .env_remove("AETHER_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    let mut direct_handler = ChildGuard::spawn("hello-native", &mut cmd)?;
+    wait_until_serving(
+        "hello-native",
+        handler_addr,
+        REQUEST_PATH,
+        &body,
+        Duration::from_secs(10),
+        || direct_handler.check_running(String::new),
+    )?;
+    let direct = measure("direct", handler_addr).map_err(|e| interrupted_or("direct", e))?;
+
+    // 2. nginx in front of the same handler process.
+    let nginx_dir = run_dir.path().join("nginx");
+    let nginx = std::fs::create_dir_all(&nginx_dir)
+        .map_err(|e| format!("cannot create {}: {e}", nginx_dir.display()))
+        .and_then(|()| {
+            let listen =
+                SocketAddr::from(([127, 0, 0, 1], free_port().map_err(|e| e.to_string())?));
+            Nginx::start(
+                &args.nginx,
+                &nginx_dir,
+                listen,
+                handler_addr,
+                REQUEST_PATH,
+                &body,
+            )
+            .map_err(|e| e.to_string())
+        });
+    let nginx = match nginx {
+        Ok(mut n) => {
+            let r = measure("nginx", n.addr);
+            n.stop();
+            match r {
+                Ok(r) => Some(r),
+                Err(LoadError::Interrupted) => return Err(GatewayError::Interrupted),
+                Err(e) => {
+                    errors.insert("nginx".into(), e.to_string());
+                    None
+                }
+            }
+        }
+        Err(e) => {
+            errors.insert("nginx".into(), e);
+            None
+        }
+    };
+    direct_handler.stop();
+
+    // 3. aetherd running the same binary.
+    let aetherd = if errors.contains_key("aetherd") {
+        None
+    } else {
+        let setup = free_port()
+            .and_then(|t| free_port().map(|m| (t, m)))
+            .map(|(t, m)| AetherdSetup {
+                aetherctl: bin_dir.join("aetherctl"),
+                handler: handler.clone(),
+                dir: run_dir.path().join("aetherd"),
+                trigger_port: t,
+                metrics: SocketAddr::from(([127, 0, 0, 1], m)),
+                shape: FunctionShape {
+                    instances,
+                    concurrency: args.aetherd_concurrency,
+                },
+            });
+        let started = setup.map_err(|e| e.to_string()).and_then(|s| {
+            std::fs::create_dir_all(&s.dir)
+                .map_err(|e| format!("cannot create {}: {e}", s.dir.display()))?;
+            Aetherd::start(&s, REQUEST_PATH, &body).map_err(|e| e.to_string())
+        });
+        match started {
+            Ok(mut a) => {
+                let r = measure("aetherd", a.addr);
+                if let Err(e) = a.stop() {
+                    errors.insert("aetherd_down".into(), e.to_string());
+                }
+                match r {
+                    Ok(r) => Some(r),
+                    Err(LoadError::Interrupted) => return Err(GatewayError::Interrupted),
+                    Err(e) => {
+                        errors.insert("aetherd".into(), e.to_string());
+                        None
+                    }
+                }
+            }
+            Err(e) => {
+                errors.insert("aetherd".into(), e);
+                None
+            }
+        }
+    };
+    for (mode, why) in &errors {
+        eprintln!("gateway: {mode} unavailable: {why}");
+    }
+
+    let (git_rev, git_dirty) = git_revision();
+    let (results, targets) = results(
+        &direct,
+        nginx.as_ref(),
+        aetherd.as_ref(),
+        args.connections,
+        errors.clone(),
+    );
+    let report = Report {
+        benchmark: "gateway".to_owned(),
+        timestamp: utc_timestamp(),
+        git_rev,
+        git_dirty,
+        machine: Machine::detect(&allowed),
+        smoke,
+        parameters: GatewayParameters {
+            request: format!("GET {REQUEST_PATH} HTTP/1.1, keep-alive, {} B", request.len()),
+            latency_connections: 1,
+            latency_warmup: warmup,
+            latency_samples: samples,
+            throughput_connections: args.connections,
+            throughput_client_threads: args.client_threads,
+            throughput_warmup_s: tput_warmup.as_secs_f64(),
+            throughput_window_s: window.as_secs_f64(),
+            handler: handler.display().to_string(),
+            handler_threads,
+            nginx: nginx_version(&args.nginx),
+            nginx_config: "1 worker, upstream keepalive 64, proxy_http_version 1.1, Connection \"\", access_log off"
+                .to_owned(),
+            aetherd_instances: instances,
+            aetherd_concurrency: args.aetherd_concurrency,
+            pinning: format!(
+                "none: load-generator threads, proxy (nginx worker / aetherd executors) and handler threads share cpus {allowed:?}"
+            ),
+            error_budget_per_run: loadgen::ERROR_LIMIT,
+        },
+        results,
+        targets,
+    };
+    let path = report.write_to(&args.common.output_dir)?;
+    let missing: Vec<&str> = [
+        (Optional::Nginx, "nginx", nginx.is_none()),
+        (Optional::Aetherd, "aetherd", aetherd.is_none()),
+    ]
+    .into_iter()
+    .filter(|(m, _, absent)| *absent && !args.allow_missing.contains(m))
+    .map(|(_, name, _)| name)
+    .collect();
+    if !missing.is_empty() {
+        return Err(GatewayError::Unavailable {
+            modes: missing.join(", "),
+            json: path,
+        });
+    }
+    Ok(path)
+}
+
+/// The flat `results` object and the targets of issue 3.
+fn results(
+    direct: &ModeResult,
+    nginx: Option<&ModeResult>,
+    aetherd: Option<&ModeResult>,
+    connections: usize,
+    errors: BTreeMap<String, String>,
+) -> (Value, BTreeMap<String, Target>) {
+    let mut r = Map::new();
+    for (mode, m) in [
+        ("direct", Some(direct)),
+        ("nginx", nginx),
+        ("aetherd", aetherd),
+    ] {
+        let get = |f: &dyn Fn(&ModeResult) -> Value| m.map_or(Value::Null, f);
+        r.insert(
+            format!("{mode}_p50_us"),
+            get(&|m| json!(us(m.latency.p50_ns))),
+        );
+        r.insert(
+            format!("{mode}_p99_us"),
+            get(&|m| json!(us(m.latency.p99_ns))),
+        );
+        r.insert(
+            format!("{mode}_p999_us"),
+            get(&|m| json!(us(m.latency.p999_ns))),
+        );
+        r.insert(
+            format!("{mode}_mean_us"),
+            get(&|m| json!(m.latency.mean_ns / 1000.0)),
+        );
+        r.insert(format!("{mode}_rps_c{connections}"), get(&|m| json!(m.rps)));
+        r.insert(format!("{mode}_errors"), get(&|m| json!(m.errors)));
+        r.insert(
+            format!("{mode}_ok_per_client_thread"),
+            get(&|m| json!(m.ok_per_thread)),
+        );
+    }
+    let added = |m: Option<&ModeResult>, q: fn(&Percentiles) -> u64| {
+        m.map_or(Value::Null, |m| {
+            json!(us(q(&m.latency)) - us(q(&direct.latency)))
+        })
+    };
+    r.insert("aetherd_added_p50_us".into(), added(aetherd, |p| p.p50_ns));
+    r.insert("aetherd_added_p99_us".into(), added(aetherd, |p| p.p99_ns));
+    r.insert("nginx_added_p50_us".into(), added(nginx, |p| p.p50_ns));
+    r.insert("nginx_added_p99_us".into(), added(nginx, |p| p.p99_ns));
+    let ratio = match (aetherd, nginx) {
+        (Some(a), Some(n)) if n.rps > 0.0 => Some(a.rps / n.rps),
+        _ => None,
+    };
+    r.insert("aetherd_rps_over_nginx".into(), json!(ratio));
+    r.insert("timer_overhead_ns".into(), json!(timer_overhead_ns(10_001)));
+    r.insert("errors".into(), json!(errors));
+
+    let mut targets = BTreeMap::new();
+    if let Some(a) = aetherd {
+        targets.insert(
+            "aetherd_added_p50_us".to_owned(),
+            Target::at_most(
+                "latency aetherd adds at p50 with 1 connection (aetherd − direct), µs",
+                10.0,
+                us(a.latency.p50_ns) - us(direct.latency.p50_ns),
+            ),
+        );
+    }
+    if let Some(ratio) = ratio {
+        targets.insert(
+            "aetherd_rps_over_nginx".to_owned(),
+            Target::at_least(
+                &format!("aetherd throughput at {connections} connections over nginx's"),
+                2.0,
+                ratio,
+            ),
+        );
+    }
+    (Value::Object(r), targets)
+}
+
+/// `target/release` when run from there: the directory of this executable.
+fn default_bin_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("target/release"))
+}
+
+/// `cargo build --release -p …` in the workspace (progress on our stderr).
+fn build(packages: &[&str]) -> Result<(), String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&root).args(["build", "--release"]);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    eprintln!(
+        "gateway: cargo build --release -p {}",
+        packages.join(" -p ")
+    );
+    let out = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("cannot run cargo in {}: {e}", root.display()))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("error"))
+        .take(5)
+        .collect();
+    Err(format!(
+        "cargo exited with {}: {}",
+        out.status,
+        lines.join(" | ")
+    ))
+}
+
+/// `nginx -v` output (it prints to stderr), or why it is unknown.
+fn nginx_version(nginx: &Path) -> String {
+    Command::new(nginx)
+        .arg("-v")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_owned())
+        .unwrap_or_else(|e| format!("{}: {e}", nginx.display()))
+}

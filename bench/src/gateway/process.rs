@@ -1,0 +1,203 @@
+//! Child processes of the benchmark: started, checked, and always stopped.
+//!
+//! A [`ChildGuard`] sends `SIGTERM` when dropped (nginx's master then stops
+//! its worker before it exits), waits up to [`STOP_GRACE`], then `SIGKILL`s.
+//! Children stay in the benchmark's process group, so a Ctrl-C typed at the
+//! terminal reaches them even if the benchmark itself were killed.
+
+use super::loadgen::Client;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// How long a child may take to exit after `SIGTERM`.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Errors starting or readying a child.
+#[derive(Debug, Error)]
+pub enum ProcessError {
+    /// The program could not be started.
+    #[error("cannot start {name} ({program}): {source}")]
+    Spawn {
+        name: String,
+        program: PathBuf,
+        source: std::io::Error,
+    },
+    /// The child exited while it should be serving.
+    #[error("{name} exited with {status} before it served{detail}")]
+    Exited {
+        name: String,
+        status: ExitStatus,
+        detail: String,
+    },
+    /// It did not answer `GET` with the expected `200` in time.
+    #[error("{name} did not answer GET http://{addr}{path} with the hello JSON within {waited:?}; last: {last}")]
+    NotReady {
+        name: String,
+        addr: SocketAddr,
+        path: String,
+        waited: Duration,
+        last: String,
+    },
+    /// No free loopback port.
+    #[error("cannot reserve a loopback port: {0}")]
+    Port(std::io::Error),
+}
+
+/// A child process stopped on drop.
+#[derive(Debug)]
+pub struct ChildGuard {
+    name: String,
+    child: Option<Child>,
+}
+
+impl ChildGuard {
+    /// Starts `cmd` as `name` (used in messages).
+    ///
+    /// # Errors
+    /// [`ProcessError::Spawn`].
+    pub fn spawn(name: &str, cmd: &mut Command) -> Result<Self, ProcessError> {
+        let child = cmd.spawn().map_err(|source| ProcessError::Spawn {
+            name: name.to_owned(),
+            program: PathBuf::from(cmd.get_program()),
+            source,
+        })?;
+        Ok(Self {
+            name: name.to_owned(),
+            child: Some(child),
+        })
+    }
+
+    /// `Err` with its exit status if the child already exited; `detail` is
+    /// appended to the message (e.g. the tail of its log).
+    ///
+    /// # Errors
+    /// [`ProcessError::Exited`].
+    pub fn check_running(&mut self, detail: impl FnOnce() -> String) -> Result<(), ProcessError> {
+        if let Some(child) = &mut self.child {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Err(ProcessError::Exited {
+                    name: self.name.clone(),
+                    status,
+                    detail: detail(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// `SIGTERM`, wait up to [`STOP_GRACE`], then `SIGKILL`; reaps the child.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+            // SAFETY: `pid` is our own unreaped child (try_wait said it is
+            // running), so the id cannot have been recycled; kill only sends.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        while Instant::now() < deadline {
+            match child.try_wait() {
+                Ok(Some(_)) | Err(_) => return,
+                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        eprintln!(
+            "gateway: {} ignored SIGTERM for {STOP_GRACE:?}; killing it",
+            self.name
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A loopback port free at the time of the call (bound to port 0, released).
+///
+/// # Errors
+/// [`ProcessError::Port`].
+pub fn free_port() -> Result<u16, ProcessError> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(ProcessError::Port)?;
+    Ok(l.local_addr().map_err(ProcessError::Port)?.port())
+}
+
+/// Polls `GET path` on `addr` until it answers `200` with `expected_body`,
+/// calling `alive` between attempts (it fails when the server process died).
+///
+/// # Errors
+/// [`ProcessError::NotReady`] after `timeout`, or what `alive` returns.
+pub fn wait_until_serving(
+    name: &str,
+    addr: SocketAddr,
+    path: &str,
+    expected_body: &[u8],
+    timeout: Duration,
+    mut alive: impl FnMut() -> Result<(), ProcessError>,
+) -> Result<(), ProcessError> {
+    let request = super::http::get_request(path);
+    let start = Instant::now();
+    let mut last = String::from("no attempt");
+    while start.elapsed() < timeout {
+        alive()?;
+        match Client::connect(addr).and_then(|mut c| c.fetch(&request)) {
+            Ok((200, body)) if body == expected_body => return Ok(()),
+            Ok((status, body)) => {
+                last = format!("status {status}, body {:?}", String::from_utf8_lossy(&body))
+            }
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(ProcessError::NotReady {
+        name: name.to_owned(),
+        addr,
+        path: path.to_owned(),
+        waited: timeout,
+        last,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guard_stops_a_child_that_ignores_nothing_and_reports_exits() {
+        let mut g = ChildGuard::spawn("sleep", Command::new("sleep").arg("30")).unwrap();
+        assert!(g.check_running(String::new).is_ok());
+        let t = Instant::now();
+        g.stop();
+        assert!(t.elapsed() < STOP_GRACE, "SIGTERM should end sleep at once");
+        let mut quick = ChildGuard::spawn("true", &mut Command::new("true")).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let err = quick.check_running(|| ": detail".into()).unwrap_err();
+        assert!(err.to_string().contains("true exited"), "{err}");
+        assert!(err.to_string().ends_with(": detail"), "{err}");
+    }
+
+    #[test]
+    fn a_closed_port_is_not_serving() {
+        let port = free_port().unwrap();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let err = wait_until_serving("nobody", addr, "/", b"", Duration::from_millis(100), || {
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(matches!(err, ProcessError::NotReady { .. }), "{err}");
+    }
+}
