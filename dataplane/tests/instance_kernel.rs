@@ -56,7 +56,10 @@ impl Env {
         let program = examples().join(program);
         let (program, args) = if program.extension().is_some_and(|e| e == "py") {
             // A bare name: resolved through the handler's PATH.
-            (PathBuf::from("python3"), vec![program.into_os_string()])
+            (
+                PathBuf::from("python3"),
+                vec![program.display().to_string()],
+            )
         } else {
             (program, Vec::new())
         };

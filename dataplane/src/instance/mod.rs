@@ -34,7 +34,6 @@ pub mod state;
 pub mod supervisor;
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::fmt;
 use std::fs::File;
 use std::io;
@@ -59,7 +58,7 @@ pub struct InstanceSpec {
     /// handler's `PATH` (e.g. `python3`, as `config::Function::command` says).
     pub program: PathBuf,
     /// Arguments after `argv[0]`.
-    pub args: Vec<OsString>,
+    pub args: Vec<String>,
     /// The function's extra environment.
     pub environment: BTreeMap<String, String>,
     /// `AETHER_TRIGGER_PORT`; the handler listens on it inside its netns.
@@ -91,7 +90,10 @@ impl InstanceSpec {
         Self {
             function_id: f.id.clone(),
             program: PathBuf::from(program),
-            args,
+            args: args
+                .into_iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
             environment: f.environment.clone(),
             trigger_port: f.trigger_port,
             memory_limit_bytes: u64::from(f.memory_limit_mb) << 20,

@@ -28,7 +28,7 @@
 //! [`spawn_process`] must live as long as the instance (aetherd's executor
 //! threads do). Leftovers are also killed by cgroup clean-up at the next start.
 
-use std::ffi::{CString, OsString};
+use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -127,7 +127,7 @@ impl<'a> SpawnRequest<'a> {
     /// `KEY=VALUE`.
     pub fn new<'e>(
         program: &Path,
-        args: &[OsString],
+        args: &[String],
         env: impl IntoIterator<Item = (&'e str, &'e str)>,
         netns: BorrowedFd<'a>,
         log: BorrowedFd<'a>,
