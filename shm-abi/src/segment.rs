@@ -183,6 +183,33 @@ pub enum SegmentError {
         /// Bytes required.
         required: u64,
     },
+    /// The file belongs to another user or is readable/writable by others:
+    /// whoever planted it could read or forge our messages.
+    #[error("{path} is owned by uid {owner} with mode {mode:o}; expected uid {expected} and mode 600. Remove it if it is not ours")]
+    NotPrivate {
+        /// The segment file.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// Its permission bits.
+        mode: u32,
+        /// Our effective uid.
+        expected: u32,
+    },
+    /// An accessor asked for bytes outside the payload or misaligned.
+    #[error("{path}: {len} bytes at payload offset {offset} (align {align}) do not fit the {payload}-byte payload")]
+    OutOfBounds {
+        /// The segment file.
+        path: PathBuf,
+        /// Requested offset.
+        offset: usize,
+        /// Requested length.
+        len: usize,
+        /// Required alignment.
+        align: usize,
+        /// Payload length.
+        payload: usize,
+    },
     /// A segment already exists at the path and its creator is alive.
     #[error("{path} is in use by live process {pid}")]
     InUse {
@@ -350,10 +377,25 @@ impl Segment {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .custom_flags(libc::O_CLOEXEC)
+            // Never follow a symlink planted in a shared directory.
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
             .open(path)
             .map_err(io_err("open", path))?;
-        let len = file.metadata().map_err(io_err("fstat", path))?.len();
+        let meta = file.metadata().map_err(io_err("fstat", path))?;
+        {
+            use std::os::unix::fs::MetadataExt;
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            let euid = unsafe { libc::geteuid() };
+            if meta.uid() != euid || meta.mode() & 0o077 != 0 {
+                return Err(SegmentError::NotPrivate {
+                    path: path.to_path_buf(),
+                    owner: meta.uid(),
+                    mode: meta.mode() & 0o7777,
+                    expected: euid,
+                });
+            }
+        }
+        let len = meta.len();
         if len < SEGMENT_HEADER_LEN as u64 {
             return Err(SegmentError::TooSmall {
                 path: path.to_path_buf(),
@@ -438,6 +480,34 @@ impl Segment {
         // SAFETY: the mapping is at least SEGMENT_HEADER_LEN bytes long
         // (checked at create/open), so the offset stays inside it.
         unsafe { self.base.add(SEGMENT_HEADER_LEN) }
+    }
+
+    /// A shared reference to a `T` at payload `offset`, bounds- and
+    /// alignment-checked. `T: ShmSafe` guarantees any bytes there are a valid
+    /// `T` and that concurrent writers use its atomics.
+    pub fn get<T: ShmSafe>(&self, offset: usize) -> Result<&T, SegmentError> {
+        let (len, align) = (size_of::<T>(), align_of::<T>());
+        let fits = offset
+            .checked_add(len)
+            .is_some_and(|end| end <= self.payload_len());
+        // The payload starts 128-aligned (page + 128), so offset alignment
+        // is address alignment for align ≤ 128.
+        if !fits || !offset.is_multiple_of(align) || align > SEGMENT_HEADER_LEN {
+            return Err(SegmentError::OutOfBounds {
+                path: self.path.clone(),
+                offset,
+                len,
+                align,
+                payload: self.payload_len(),
+            });
+        }
+        // SAFETY: offset + len ≤ payload_len (checked), so the pointer stays
+        // inside the mapping.
+        let ptr = unsafe { self.payload_ptr().add(offset) }.cast::<T>();
+        // SAFETY: in bounds and aligned (checked above); the mapping lives as
+        // long as `self`; T: ShmSafe makes every bit pattern valid and all
+        // shared mutation go through atomics.
+        Ok(unsafe { ptr.as_ref() })
     }
 
     /// Payload bytes.

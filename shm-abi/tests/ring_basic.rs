@@ -465,3 +465,45 @@ fn idle_consumer_costs_no_cpu() {
     );
     assert!(woke_after < Duration::from_secs(5), "{woke_after:?}");
 }
+
+#[test]
+fn segment_refuses_foreign_or_open_files_and_checks_accessors() {
+    use shm_abi::segment::{Segment, SegmentError, SegmentLayout};
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::atomic::AtomicU64;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("seg");
+    let layout = SegmentLayout::new("acc", &[]);
+    let seg = Segment::create(&path, &layout, 256).unwrap();
+    // Typed accessor: aligned and in bounds only.
+    let a: &AtomicU64 = seg.get(8).unwrap();
+    a.store(7, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(seg.get::<u64>(8).unwrap(), &7);
+    assert!(matches!(
+        seg.get::<u64>(4),
+        Err(SegmentError::OutOfBounds { .. })
+    ));
+    assert!(matches!(
+        seg.get::<u64>(252),
+        Err(SegmentError::OutOfBounds { .. })
+    ));
+    assert!(matches!(
+        seg.get::<u8>(usize::MAX),
+        Err(SegmentError::OutOfBounds { .. })
+    ));
+    // Group/other permissions: refused.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(matches!(
+        Segment::open(&path, &layout),
+        Err(SegmentError::NotPrivate { mode: 0o644, .. })
+    ));
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Symlinks are not followed.
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&path, &link).unwrap();
+    assert!(matches!(
+        Segment::open(&link, &layout),
+        Err(SegmentError::Io { .. })
+    ));
+    Segment::open(&path, &layout).unwrap();
+}

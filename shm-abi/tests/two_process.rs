@@ -8,6 +8,9 @@
 //!   both sides fill, wrap and sleep many times.
 //! * `dead_claim_reclaimed`: a child claims the producer and is SIGKILLed;
 //!   the parent is refused while it lives and takes the handle over after.
+//! * `control_clients_in_two_processes`: two child processes call the
+//!   parent's control server at the same time, several sessions each; the
+//!   segment lock serializes them and each gets exactly its own replies.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -19,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use shm_abi::channel::{ControlClient, ControlServer};
 use shm_abi::ring::{ClaimError, RingSegment};
 use shm_abi::segment::{fnv1a, FNV_OFFSET};
 
@@ -186,12 +190,69 @@ fn dead_claim_reclaimed() {
     );
 }
 
+const CALLS: usize = 100;
+const SESSIONS: usize = 5;
+
+/// Child side of `control_clients_in_two_processes`.
+fn control_client_child(path: &Path, name: &str) -> Result<(), String> {
+    for session in 0..SESSIONS {
+        let mut client = ControlClient::connect_timeout(path, Duration::from_secs(30))
+            .map_err(|e| e.to_string())?;
+        for i in 0..CALLS {
+            let req = format!("{name}/{session}/{i}");
+            let rep = client
+                .call(req.as_bytes(), Duration::from_secs(10))
+                .map_err(|e| e.to_string())?;
+            if rep != format!("re:{req}").into_bytes() {
+                return Err(format!("{req}: got {:?}", String::from_utf8_lossy(&rep)));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn control_clients_in_two_processes() {
+    let dir = shm_dir();
+    let path = dir.path().join("control");
+    let mut server = ControlServer::create(&path, 4096).unwrap();
+    let children: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            Command::new(std::env::current_exe().unwrap())
+                .env(ROLE_ENV, "client")
+                .arg(&path)
+                .arg(n)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut per_client = std::collections::HashMap::<String, usize>::new();
+    for _ in 0..2 * SESSIONS * CALLS {
+        let req = server
+            .recv(Some(Duration::from_secs(30)))
+            .unwrap()
+            .expect("a request within 30 s");
+        let who = String::from_utf8(req.clone()).unwrap();
+        *per_client.entry(who[..1].to_string()).or_default() += 1;
+        let mut rep = b"re:".to_vec();
+        rep.extend_from_slice(&req);
+        server.reply(&rep).unwrap();
+    }
+    for mut c in children {
+        assert!(c.wait().unwrap().success(), "control client child failed");
+    }
+    assert_eq!(per_client["a"], SESSIONS * CALLS);
+    assert_eq!(per_client["b"], SESSIONS * CALLS);
+    eprintln!("control_clients_in_two_processes: ok ({per_client:?})");
+}
+
 fn main() {
     if let Ok(role) = std::env::var(ROLE_ENV) {
         let args: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
         let res = match role.as_str() {
             "echo" => echo_child(&args[0], &args[1]),
             "claim" => claim_child(&args[0]),
+            "client" => control_client_child(&args[0], &args[1].to_string_lossy()),
             other => Err(format!("unknown role {other}")),
         };
         if let Err(e) = res {
@@ -206,9 +267,13 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let tests: [(&str, fn()); 2] = [
+    let tests: [(&str, fn()); 3] = [
         ("million_records", million_records),
         ("dead_claim_reclaimed", dead_claim_reclaimed),
+        (
+            "control_clients_in_two_processes",
+            control_clients_in_two_processes,
+        ),
     ];
     for (name, f) in tests {
         if filter.is_empty() || filter.iter().any(|x| name.contains(x.as_str())) {
