@@ -281,13 +281,21 @@ fn silent_close(e: &io::Error) -> bool {
 async fn read_response_head(
     up: &mut Conn,
     client: &mut Conn,
-    view: ClientView,
+    head: &RequestHead,
+    drain: &Signal,
     out: &mut Vec<u8>,
     client_dirty: &Cell<bool>,
 ) -> Result<ResponseHead, HeadReadError> {
     let mut got_any = false;
     loop {
         out.clear();
+        // Decided when the head is complete: a drain that started meanwhile
+        // makes this the connection's last response.
+        let view = ClientView {
+            is_head: head.is_head,
+            minor_version: head.minor_version,
+            keep_alive: head.keep_alive && !drain.is_fired(),
+        };
         match http::parse_response(up.buffered(), view, out) {
             Ok(Some(h)) if h.interim => {
                 up.consume(h.head_len);
@@ -395,12 +403,8 @@ async fn forward(
             Err(SendError::BadBody(e)) => return Err(Failure::BadBody(e)),
             Err(SendError::TooLarge) => return Err(Failure::BodyTooLarge),
         }
-        let view = ClientView {
-            is_head: head.is_head,
-            minor_version: head.minor_version,
-            keep_alive: head.keep_alive && !shared.drain.is_fired(),
-        };
-        match read_response_head(&mut up, client, view, resp_out, client_dirty).await {
+        match read_response_head(&mut up, client, head, &shared.drain, resp_out, client_dirty).await
+        {
             Ok(resp) => return Ok(Upstreamed { permit, up, resp }),
             Err(HeadReadError::Silent(e)) if reused && req.whole && head.idempotent && !last => {
                 tracing::debug!(function = shared.route.function(), error = %e, "reused upstream connection closed, retrying");
