@@ -1,0 +1,707 @@
+//! End-to-end tests (issue 3, item 7): the real `aetherd` and `aetherctl`
+//! binaries, real handler processes, HTTP over loopback.
+//!
+//! Run: `cargo build -p control && cargo test -p dataplane --test e2e -- --nocapture`
+//! (as root). Each test has its own state dir, log dir and ports, so they run
+//! in parallel; each stops its aetherd and proves no handler is left. Tests
+//! that cannot run (not root, no memory cgroup) print `SKIP <test>: <reason>`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::http::{self, Conn};
+use common::{
+    cores_from_up, examples, function_entry, metric_sum, require_memory_cgroup, require_root,
+    run_ctl, wait_for, Daemon, FunctionSpec, Json,
+};
+
+/// Start a daemon or fail the test with aetherctl's output and aetherd's log.
+fn start(name: &str, functions: Vec<FunctionSpec>) -> Daemon {
+    Daemon::start(name, functions).unwrap_or_else(|e| panic!("[{name}] {e}"))
+}
+
+/// Wait until function `id` answers `GET /` with 200 (its instances are up).
+fn await_serving(d: &Daemon, id: &str) -> http::Response {
+    let port = d.port(id);
+    http::get_until(port, "/", 200, Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("[{}] {id} never served: {e}\n{}", d.name, d.log_report()))
+}
+
+/// Root check, then start one function and wait until it serves: the daemon
+/// and the function's port, or `None` after a SKIP line.
+fn serve_one(test: &str, spec: FunctionSpec) -> Option<(Daemon, u16)> {
+    if !require_root(test) {
+        return None;
+    }
+    let id = spec.id.clone();
+    let d = start(test, vec![spec]);
+    await_serving(&d, &id);
+    let port = d.port(&id);
+    Some((d, port))
+}
+
+/// `stats -o json` count of `status` answers for function `id`.
+fn status_count(stats: &Json, id: &str, status: u16) -> u64 {
+    stats
+        .get("functions")
+        .map(Json::as_array)
+        .unwrap_or_default()
+        .iter()
+        .find(|f| f.get("id").and_then(Json::as_str) == Some(id))
+        .and_then(|f| f.at(&["by_status", &status.to_string()]))
+        .and_then(Json::as_u64)
+        .unwrap_or(0)
+}
+
+/// Total restarts of function `id`'s instances per `list -o json`.
+fn restarts(list: &Json, id: &str) -> u64 {
+    function_entry(list, id)
+        .and_then(|f| f.get("instances"))
+        .map(Json::as_array)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|i| i.get("restarts")?.as_u64())
+        .sum()
+}
+
+/// The original quickstart: hello.py, up, request, list, stats, logs, down.
+#[test]
+fn quickstart_serves_lists_counts_logs_and_stops_cleanly() {
+    const T: &str = "quickstart";
+    if !require_root(T) {
+        return;
+    }
+    let hello = examples().join("hello.py");
+    let mut d = start(
+        T,
+        vec![FunctionSpec::new("hello-api")
+            .handler(hello)
+            .timeout_ms(30_000)],
+    );
+    let port = d.port("hello-api");
+
+    eprintln!("[{T}] GET 127.0.0.1:{port}/test");
+    let r = http::get_until(port, "/test", 200, Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.log_report()));
+    assert_eq!(
+        r.text(),
+        r#"{"message": "Hello from Aetherless!", "path": "/test"}"#,
+        "the original quickstart's answer, byte for byte"
+    );
+
+    eprintln!("[{T}] aetherctl list -o json");
+    let cores = cores_from_up(&d.up_output);
+    assert!(
+        !cores.is_empty(),
+        "`up` did not name its executor cores: {:?}",
+        d.up_output
+    );
+    let list = d.list();
+    let f = function_entry(&list, "hello-api")
+        .unwrap_or_else(|| panic!("hello-api missing from list: {list:?}"));
+    assert_eq!(
+        f.get("trigger_port").and_then(Json::as_u64),
+        Some(u64::from(port))
+    );
+    let instances = f.get("instances").map(Json::as_array).unwrap_or_default();
+    for cpu in &cores {
+        let on_core: Vec<&Json> = instances
+            .iter()
+            .filter(|i| i.get("core").and_then(Json::as_u64) == Some(*cpu))
+            .collect();
+        assert!(
+            !on_core.is_empty(),
+            "no hello-api instance on executor cpu {cpu}: {instances:?}"
+        );
+        for i in on_core {
+            let pid = i.get("pid").and_then(Json::as_u64).unwrap_or(0);
+            eprintln!(
+                "[{T}]   cpu {cpu}: pid {pid} state {:?}",
+                i.get("state").and_then(Json::as_str)
+            );
+            assert!(pid > 0, "instance without a pid: {i:?}");
+        }
+    }
+    let handler_pids = d.instance_pids("hello-api");
+    let tagged = d.handler_pids();
+    for pid in &handler_pids {
+        assert!(
+            tagged.contains(pid),
+            "list pid {pid} is not a hello-api handler process (tagged: {tagged:?})"
+        );
+    }
+
+    eprintln!("[{T}] aetherctl stats -o json");
+    let stats = d.stats();
+    let ok = status_count(&stats, "hello-api", 200);
+    assert!(ok >= 1, "stats did not count the 200: {stats:?}");
+    let total = function_entry(stats.get("functions").unwrap(), "hello-api")
+        .and_then(|f| f.get("requests_total"))
+        .and_then(Json::as_u64);
+    assert!(
+        total >= Some(ok),
+        "requests_total {total:?} < 200s counted {ok}"
+    );
+
+    eprintln!("[{T}] aetherctl logs hello-api");
+    d.ctl_ok(&["logs", "hello-api", "-n", "20"]);
+    let missing = d.ctl(&["logs", "no-such-function"]);
+    assert_eq!(
+        missing.code,
+        Some(1),
+        "logs of an unknown function: {missing}"
+    );
+    assert!(missing.stderr.contains("no-such-function"), "{missing}");
+
+    let aetherd = d.pid().expect("pidfile while running");
+    let out = d.down();
+    assert!(
+        out.ok(),
+        "`aetherctl down` failed: {out}\n{}",
+        d.log_report()
+    );
+    assert!(
+        !common::alive(aetherd),
+        "aetherd pid {aetherd} still alive after down"
+    );
+    assert!(
+        !d.control_segment().exists(),
+        "control segment {} left behind",
+        d.control_segment().display()
+    );
+    let left: Vec<i32> = handler_pids
+        .iter()
+        .copied()
+        .filter(|p| common::alive(*p))
+        .collect();
+    assert!(left.is_empty(), "handler pids {left:?} outlived `down`");
+    assert!(
+        d.handler_pids().is_empty(),
+        "handler processes left: {:?}",
+        d.handler_pids()
+    );
+    assert!(
+        http::refused(port),
+        "port {port} still accepts connections after down"
+    );
+    eprintln!(
+        "[{T}] down: aetherd, control segment and {} handler(s) gone",
+        handler_pids.len()
+    );
+}
+
+/// deploy --dry-run, deploy (add), deploy (update), undeploy.
+#[test]
+fn deploy_adds_updates_and_undeploy_removes() {
+    const T: &str = "deploy";
+    let Some((d, _)) = serve_one(T, FunctionSpec::new("e2e-first")) else {
+        return;
+    };
+
+    let mut other = FunctionSpec::new("e2e-other").env("E2E_VERSION", "1");
+    other.port = common::free_port();
+    let file = d.path("other.yaml");
+    let file_arg = file.display().to_string();
+    d.write_config(&file, std::slice::from_ref(&other));
+
+    eprintln!("[{T}] deploy other.yaml --dry-run");
+    let out = d.ctl_ok(&["deploy", &file_arg, "--dry-run"]);
+    assert!(
+        out.contains("would add e2e-other"),
+        "dry run output: {out:?}"
+    );
+    assert!(
+        http::refused(other.port),
+        "dry run opened port {}",
+        other.port
+    );
+    assert!(
+        function_entry(&d.list(), "e2e-other").is_none(),
+        "dry run deployed e2e-other"
+    );
+
+    eprintln!("[{T}] deploy other.yaml");
+    let out = d.ctl_ok(&["deploy", &file_arg]);
+    assert!(
+        out.lines().any(|l| l == "add e2e-other"),
+        "deploy output: {out:?}"
+    );
+    let r = http::get_until(other.port, "/v", 200, Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.log_report()));
+    let body = Json::parse(&r.text()).unwrap();
+    assert_eq!(
+        body.get("version").and_then(Json::as_str),
+        Some("1"),
+        "{body:?}"
+    );
+    await_serving(&d, "e2e-first");
+
+    eprintln!("[{T}] deploy the same file again: nothing changes");
+    let out = d.ctl_ok(&["deploy", &file_arg]);
+    assert!(
+        out.contains("unchanged e2e-other") && out.contains("nothing to change"),
+        "{out:?}"
+    );
+
+    eprintln!("[{T}] deploy a changed other.yaml (E2E_VERSION 2)");
+    other.environment = vec![("E2E_VERSION".into(), "2".into())];
+    d.write_config(&file, std::slice::from_ref(&other));
+    let out = d.ctl_ok(&["deploy", &file_arg]);
+    assert!(
+        out.lines().any(|l| l == "update e2e-other"),
+        "deploy output: {out:?}"
+    );
+    let mut seen = BTreeMap::new();
+    let updated = wait_for(Duration::from_secs(15), || {
+        match http::get(other.port, "/v", Duration::from_secs(5)) {
+            Ok(r) => {
+                let v = Json::parse(&r.text())
+                    .ok()
+                    .and_then(|b| b.get("version").and_then(Json::as_str).map(str::to_string));
+                *seen.entry((r.status, v.clone())).or_insert(0) += 1;
+                r.status == 200 && v.as_deref() == Some("2")
+            }
+            Err(e) => {
+                *seen.entry((0, Some(e.to_string()))).or_insert(0) += 1;
+                false
+            }
+        }
+    });
+    assert!(
+        updated,
+        "e2e-other never answered version 2; answers seen: {seen:?}\n{}",
+        d.log_report()
+    );
+    eprintln!("[{T}] answers during the update: {seen:?}");
+
+    eprintln!("[{T}] undeploy e2e-other");
+    let out = d.ctl_ok(&["undeploy", "e2e-other"]);
+    assert!(out.contains("removed e2e-other"), "{out:?}");
+    assert!(
+        wait_for(Duration::from_secs(5), || http::refused(other.port)),
+        "port {} still accepts connections after undeploy",
+        other.port
+    );
+    assert!(
+        function_entry(&d.list(), "e2e-other").is_none(),
+        "e2e-other still listed"
+    );
+    let again = d.ctl(&["undeploy", "e2e-other"]);
+    assert_eq!(
+        again.code,
+        Some(1),
+        "undeploy of a removed function: {again}"
+    );
+    await_serving(&d, "e2e-first");
+}
+
+/// Invalid files exit 3 with located errors; verbs without aetherd exit 4.
+#[test]
+fn bad_configs_and_no_daemon_exit_codes() {
+    const T: &str = "bad-configs";
+    // Needs no root: aetherctl rejects the files before aetherd would start.
+    let d = Daemon::configure(T, vec![FunctionSpec::new("e2e-valid")]);
+    let good = d.config.display().to_string();
+
+    let out = run_ctl(&["validate", &good], Duration::from_secs(20));
+    assert_eq!(out.code, Some(0), "valid file: {out}");
+    assert!(out.stdout.starts_with("OK"), "{out}");
+
+    let bad = d.path("bad.yaml");
+    let text = d
+        .yaml(&d.functions)
+        .replace("trigger_port:", "trigger_prot:");
+    std::fs::write(&bad, &text).unwrap();
+    let (line, col) = text
+        .lines()
+        .enumerate()
+        .find_map(|(n, l)| l.find("trigger_prot").map(|c| (n + 1, c + 1)))
+        .unwrap();
+    let bad_arg = bad.display().to_string();
+    eprintln!("[{T}] validate {bad_arg} (trigger_prot at {line}:{col})");
+    let out = run_ctl(&["validate", &bad_arg], Duration::from_secs(20));
+    assert_eq!(out.code, Some(3), "validate of an invalid file: {out}");
+    let located = format!("{bad_arg}:{line}:{col}:");
+    assert!(out.stderr.contains(&located), "no '{located}' in: {out}");
+    assert!(
+        out.stderr.contains("did you mean 'trigger_port'"),
+        "no suggestion in: {out}"
+    );
+
+    eprintln!("[{T}] up -c {bad_arg}");
+    let out = run_ctl(
+        &["-c", &bad_arg, "up", "--timeout", "5"],
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.code, Some(3), "up with an invalid config: {out}");
+    assert!(
+        d.pid().is_none(),
+        "up with an invalid config wrote a pidfile"
+    );
+
+    eprintln!("[{T}] deploy {bad_arg}");
+    let out = d.ctl_timeout(&["deploy", &bad_arg], Duration::from_secs(20));
+    assert_eq!(out.code, Some(3), "deploy of an invalid file: {out}");
+    assert!(out.stderr.contains(&located), "{out}");
+
+    let range = d.path("range.yaml");
+    std::fs::write(
+        &range,
+        d.yaml(&d.functions)
+            .replace("memory_limit_mb: 128", "memory_limit_mb: 0"),
+    )
+    .unwrap();
+    let out = run_ctl(
+        &["validate", &range.display().to_string()],
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.code, Some(3), "memory_limit_mb 0: {out}");
+    assert!(out.stderr.contains("memory_limit_mb"), "{out}");
+
+    eprintln!("[{T}] verbs without a running aetherd");
+    for args in [
+        vec!["list"],
+        vec!["stats", "-o", "json"],
+        vec!["logs", "e2e-valid"],
+        vec!["undeploy", "e2e-valid"],
+        vec!["deploy", good.as_str()],
+        vec!["down", "--timeout", "5"],
+    ] {
+        let out = d.ctl_timeout(&args, Duration::from_secs(20));
+        assert_eq!(
+            out.code,
+            Some(4),
+            "aetherctl {args:?} without aetherd: {out}"
+        );
+        assert!(
+            out.stderr.contains("not running"),
+            "aetherctl {args:?}: {out}"
+        );
+    }
+    let out = run_ctl(&["no-such-verb"], Duration::from_secs(20));
+    assert_eq!(out.code, Some(2), "unknown verb: {out}");
+}
+
+/// Malformed requests get 400 / 431; the gateway keeps serving.
+#[test]
+fn malformed_http_gets_400_and_431_and_gateway_keeps_serving() {
+    const T: &str = "malformed-http";
+    let Some((d, port)) = serve_one(T, FunctionSpec::new("e2e-http")) else {
+        return;
+    };
+    let t = Duration::from_secs(5);
+
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(70 * 1024)
+    );
+    let mut many = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..150 {
+        many.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    let cases: [(&str, &[u8], u16); 5] = [
+        ("garbage request line", b"THIS IS NOT HTTP\r\n\r\n", 400),
+        ("binary garbage", b"\x00\x01\x02\xff\xfe GET\r\n\r\n", 400),
+        (
+            "bad header line",
+            b"GET / HTTP/1.1\r\nNo colon here\r\n\r\n",
+            400,
+        ),
+        ("70 KB header", big.as_bytes(), 431),
+        ("150 header fields", many.as_bytes(), 431),
+    ];
+    for (what, request, want) in cases {
+        eprintln!("[{T}] {what} -> expect {want}");
+        let r = Conn::open(port, t)
+            .and_then(|mut c| c.raw(request))
+            .unwrap_or_else(|e| panic!("{what}: no response: {e}\n{}", d.log_report()));
+        assert_eq!(r.status, want, "{what}: {r:?}");
+    }
+
+    eprintln!("[{T}] valid requests on a new keep-alive connection");
+    let mut c = Conn::open(port, t).unwrap();
+    for i in 0..3 {
+        let r = c.get(&format!("/after/{i}")).unwrap();
+        assert_eq!(r.status, 200, "request {i} after the malformed ones: {r:?}");
+        let body = Json::parse(&r.text()).unwrap();
+        assert_eq!(
+            body.get("path").and_then(Json::as_str),
+            Some(format!("/after/{i}").as_str())
+        );
+    }
+    let stats = d.stats();
+    assert!(
+        status_count(&stats, "e2e-http", 400) >= 2,
+        "400s not counted: {stats:?}"
+    );
+}
+
+/// What one client request got.
+#[derive(Debug, Clone)]
+enum Outcome {
+    Status(u16),
+    Failed(String),
+}
+
+/// A handler crash under load: every request is answered, the instance restarts.
+#[test]
+fn handler_crash_under_load_answers_every_request_and_restarts() {
+    const T: &str = "crash-under-load";
+    let Some((d, port)) = serve_one(T, FunctionSpec::new("e2e-crash").timeout_ms(5_000)) else {
+        return;
+    };
+    // Longer than timeout_ms: the gateway must answer 504 before this fires.
+    let client_timeout = Duration::from_secs(8);
+
+    let start_at = Instant::now();
+    let stop_at = start_at + Duration::from_secs(3);
+    let outcomes: Arc<Mutex<Vec<(usize, Duration, Outcome)>>> = Arc::default();
+    let crash: Arc<Mutex<Option<Outcome>>> = Arc::default();
+    eprintln!("[{T}] 4 clients for 3 s; one sends /crash at 1 s");
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let outcomes = outcomes.clone();
+            let crash = crash.clone();
+            std::thread::spawn(move || {
+                let mut conn: Option<Conn> = None;
+                let mut crashed = false;
+                while Instant::now() < stop_at {
+                    let path = if t == 0 && !crashed && start_at.elapsed() > Duration::from_secs(1)
+                    {
+                        crashed = true;
+                        "/crash"
+                    } else {
+                        "/load"
+                    };
+                    let began = Instant::now();
+                    let result = match conn.take() {
+                        Some(c) => Ok(c),
+                        None => Conn::open(port, client_timeout),
+                    }
+                    .and_then(|mut c| c.get(path).map(|r| (c, r)));
+                    let outcome = match result {
+                        Ok((c, r)) => {
+                            if !r.closes() {
+                                conn = Some(c);
+                            }
+                            Outcome::Status(r.status)
+                        }
+                        Err(e) => Outcome::Failed(format!("{path}: {e}")),
+                    };
+                    if path == "/crash" {
+                        *crash.lock().unwrap() = Some(outcome.clone());
+                    }
+                    outcomes.lock().unwrap().push((t, began.elapsed(), outcome));
+                }
+            })
+        })
+        .collect();
+    for th in threads {
+        th.join().unwrap();
+    }
+    let outcomes = outcomes.lock().unwrap().clone();
+    let mut by_status: BTreeMap<u16, usize> = BTreeMap::new();
+    let mut failures = Vec::new();
+    let mut slowest = Duration::ZERO;
+    for (t, took, o) in &outcomes {
+        slowest = slowest.max(*took);
+        match o {
+            Outcome::Status(s) => *by_status.entry(*s).or_default() += 1,
+            Outcome::Failed(e) => failures.push(format!("client {t} after {took:?}: {e}")),
+        }
+    }
+    eprintln!(
+        "[{T}] {} requests in {:?}: {by_status:?}, {} failures, slowest {slowest:?}; /crash -> {:?}",
+        outcomes.len(),
+        start_at.elapsed(),
+        failures.len(),
+        crash.lock().unwrap()
+    );
+    assert!(
+        failures.is_empty(),
+        "requests without an answer: {failures:#?}\n{}",
+        d.log_report()
+    );
+    let unexpected: Vec<_> = by_status
+        .keys()
+        .filter(|s| ![200, 502, 504].contains(*s))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "statuses other than 200/502/504: {by_status:?}"
+    );
+    assert!(
+        by_status.get(&200).copied().unwrap_or(0) > 0,
+        "no request succeeded: {by_status:?}"
+    );
+    match crash.lock().unwrap().clone() {
+        Some(Outcome::Status(502)) => {}
+        other => panic!(
+            "/crash (the instance died with the request written) should get 502, got {other:?}"
+        ),
+    }
+
+    eprintln!("[{T}] after the crash: the function serves and list shows the restart");
+    await_serving(&d, "e2e-crash");
+    let mut list = Json::Null;
+    let restarted = wait_for(Duration::from_secs(10), || {
+        list = d.list();
+        restarts(&list, "e2e-crash") >= 1
+    });
+    assert!(restarted, "no restart in list after the crash: {list:?}");
+    let stats = d.stats();
+    assert!(
+        status_count(&stats, "e2e-crash", 502) >= 1,
+        "502 not counted: {stats:?}"
+    );
+}
+
+/// A handler above its memory limit is OOM-killed, reported, and replaced.
+#[test]
+fn memory_limit_oom_kill_is_reported_and_function_recovers() {
+    const T: &str = "memory-limit";
+    if !require_memory_cgroup(T) {
+        return;
+    }
+    let hog = FunctionSpec::new("e2e-hog")
+        .memory_limit_mb(64)
+        .timeout_ms(15_000);
+    let Some((d, port)) = serve_one(T, hog) else {
+        return;
+    };
+
+    eprintln!("[{T}] GET /hog (300 MB under a 64 MB limit)");
+    let began = Instant::now();
+    let r = http::get(port, "/hog", Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("/hog: {e}\n{}", d.log_report()));
+    eprintln!("[{T}] /hog -> {} after {:?}", r.status, began.elapsed());
+    assert_eq!(
+        r.status, 502,
+        "/hog should fail with 502 (instance OOM-killed): {r:?}"
+    );
+
+    let mut metrics = String::new();
+    let reported = wait_for(Duration::from_secs(10), || {
+        metrics = d.metrics().unwrap_or_else(|e| panic!("{e}"));
+        metric_sum(&metrics, "aether_instance_oom_kills_total").unwrap_or(0.0) >= 1.0
+    });
+    let oom_lines: Vec<&str> = metrics.lines().filter(|l| l.contains("oom")).collect();
+    assert!(
+        reported,
+        "aether_instance_oom_kills_total never reached 1: {oom_lines:#?}\n{}",
+        d.log_report()
+    );
+    eprintln!("[{T}] metrics: {oom_lines:?}");
+    let log = d.log();
+    let log_oom: Vec<&str> = log
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().contains("oom"))
+        .collect();
+    eprintln!("[{T}] aetherd.log OOM lines: {log_oom:#?}");
+
+    await_serving(&d, "e2e-hog");
+    let restarts_total = metric_sum(&d.metrics().unwrap(), "aether_instance_restarts_total");
+    assert!(
+        restarts_total >= Some(1.0),
+        "restart not counted: {restarts_total:?}"
+    );
+}
+
+/// aetherd SIGKILLed: its handlers die with it; the next `up` starts cleanly.
+#[test]
+fn sigkilled_daemon_leaves_no_handlers_and_next_up_works() {
+    const T: &str = "sigkill";
+    let Some((mut d, _)) = serve_one(T, FunctionSpec::new("e2e-kill")) else {
+        return;
+    };
+    let listed = d.instance_pids("e2e-kill");
+    let tagged = d.handler_pids();
+    assert!(!listed.is_empty(), "list shows no instance pids");
+    for pid in &listed {
+        assert!(
+            tagged.contains(pid),
+            "list pid {pid} not among the handler processes {tagged:?}"
+        );
+    }
+    let aetherd = d.pid().expect("pidfile");
+    eprintln!("[{T}] kill -9 aetherd {aetherd}; handlers {tagged:?}");
+    common::kill(aetherd, libc::SIGKILL);
+    let killed_at = Instant::now();
+    assert!(
+        wait_for(Duration::from_secs(2), || !common::alive(aetherd)),
+        "aetherd {aetherd} survived SIGKILL for 2 s"
+    );
+    d.mark_stopped();
+    let gone = wait_for(Duration::from_secs(2), || {
+        tagged.iter().all(|p| !common::alive(*p))
+    });
+    let left: Vec<i32> = tagged
+        .iter()
+        .copied()
+        .filter(|p| common::alive(*p))
+        .collect();
+    assert!(
+        gone,
+        "handlers {left:?} still alive 2 s after aetherd was SIGKILLed (parent-death signal)"
+    );
+    eprintln!(
+        "[{T}] all handlers gone {:?} after the kill",
+        killed_at.elapsed()
+    );
+    assert!(
+        d.handler_pids().is_empty(),
+        "tagged handlers left: {:?}",
+        d.handler_pids()
+    );
+
+    let out = d.up_again();
+    assert!(
+        out.ok(),
+        "`up` after a SIGKILLed aetherd failed: {out}\n{}",
+        d.log_report()
+    );
+    let r = await_serving(&d, "e2e-kill");
+    let new_pids = d.instance_pids("e2e-kill");
+    assert!(
+        new_pids.iter().all(|p| !listed.contains(p)),
+        "old pids listed again: {new_pids:?} vs {listed:?}"
+    );
+    eprintln!(
+        "[{T}] restarted: {} instance(s) {new_pids:?}, answered {}",
+        new_pids.len(),
+        r.status
+    );
+}
+
+/// A handler slower than `timeout_ms` gets the client a 504 at the deadline.
+#[test]
+fn slow_handler_gets_504_at_timeout() {
+    const T: &str = "timeout";
+    let Some((d, port)) = serve_one(T, FunctionSpec::new("e2e-slow").timeout_ms(500)) else {
+        return;
+    };
+
+    eprintln!("[{T}] GET /slow?ms=3000 with timeout_ms 500");
+    let began = Instant::now();
+    let r = http::get(port, "/slow?ms=3000", Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("/slow: {e}\n{}", d.log_report()));
+    let took = began.elapsed();
+    eprintln!("[{T}] /slow -> {} after {took:?}", r.status);
+    assert_eq!(r.status, 504, "{r:?}");
+    assert!(
+        took >= Duration::from_millis(450) && took <= Duration::from_millis(1_500),
+        "504 after {took:?}, expected about 500 ms"
+    );
+    await_serving(&d, "e2e-slow");
+    let stats = d.stats();
+    assert!(
+        status_count(&stats, "e2e-slow", 504) >= 1,
+        "504 not counted: {stats:?}"
+    );
+}
