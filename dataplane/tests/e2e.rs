@@ -437,7 +437,7 @@ fn malformed_http_gets_400_and_431_and_gateway_keeps_serving() {
     }
     let stats = d.stats();
     assert!(
-        status_count(&stats, "e2e-http", 400) >= 2,
+        status_count(&stats, "e2e-http", 400) >= 3,
         "400s not counted: {stats:?}"
     );
 }
