@@ -30,8 +30,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::ring::{
-    ClaimError, Consumer, PopError, Producer, PushError, Ring, RingError, CACHE_LINE,
-    RING_LAYOUT_FACTS,
+    ClaimError, Consumer, PopError, Producer, PushError, Ring, RingError, CACHE_LINE, MAX_CAPACITY,
+    MIN_CAPACITY, RING_LAYOUT_FACTS,
 };
 use crate::segment::{Segment, SegmentError, SegmentLayout};
 
@@ -117,6 +117,14 @@ impl ControlServer {
     /// a live server is [`SegmentError::InUse`]. The file is removed when the
     /// server drops.
     pub fn create(path: &Path, capacity: usize) -> Result<Self, ChannelError> {
+        if !(MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity) {
+            return Err(RingError::Capacity {
+                capacity: capacity as u64,
+                min: MIN_CAPACITY,
+                max: MAX_CAPACITY,
+            }
+            .into());
+        }
         let off = reply_ring_offset(capacity);
         let payload = off + Ring::required_bytes(capacity);
         let segment = Arc::new(Segment::create_replacing_stale(

@@ -111,12 +111,16 @@ pub const fn framed_len(payload_len: usize) -> usize {
 
 /// The data-area size used for a requested capacity (rounded up to 8).
 pub const fn data_capacity(capacity: usize) -> usize {
-    capacity.next_multiple_of(RECORD_ALIGN)
+    match capacity.checked_next_multiple_of(RECORD_ALIGN) {
+        Some(c) => c,
+        // Only for absurd capacities, which init rejects anyway.
+        None => usize::MAX - (RECORD_ALIGN - 1),
+    }
 }
 
 /// Largest payload a ring of this requested capacity accepts.
 pub const fn max_payload(capacity: usize) -> usize {
-    data_capacity(capacity) - RECORD_HEADER_LEN
+    data_capacity(capacity).saturating_sub(RECORD_HEADER_LEN)
 }
 
 #[repr(C, align(128))]
@@ -383,7 +387,7 @@ fn us(x: u64) -> usize {
 impl Ring {
     /// Bytes a ring of `capacity` needs (header + data area rounded to 8).
     pub const fn required_bytes(capacity: usize) -> usize {
-        RING_HEADER_LEN + data_capacity(capacity)
+        RING_HEADER_LEN.saturating_add(data_capacity(capacity))
     }
 
     fn check_region(base: NonNull<u8>, len: usize) -> Result<(), RingError> {
@@ -578,6 +582,7 @@ impl Ring {
 
     /// Bytes between head and tail right now (a racy snapshot).
     pub fn used_bytes(&self) -> u64 {
+        // SYNC: Relaxed: an informational snapshot; nothing is read through it.
         let tail = self.hdr().tail.0.index.load(Ordering::Relaxed);
         let head = self.hdr().head.0.index.load(Ordering::Relaxed);
         tail.saturating_sub(head)
