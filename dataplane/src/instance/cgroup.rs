@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | limit | `memory.limit_in_bytes` | `memory.max` |
 //! | no swap | `memory.swappiness` = 0 | `memory.swap.max` = 0 |
+//! | OOM scope | the victim process | `memory.oom.group` = 1: the whole instance |
 //! | OOM kills | `memory.oom_control`: `oom_kill N` | `memory.events`: `oom_kill N` |
 //! | enable | — | `+memory` in `cgroup.subtree_control` of every ancestor we own |
 //!
@@ -226,6 +227,12 @@ impl CgroupRoot {
                 if swap.exists() {
                     write_file(&swap, "0")?;
                 }
+                // An OOM kills the whole instance (handler and its children)
+                // rather than leaving a half-dead process tree.
+                let group = cg.path.join("memory.oom.group");
+                if group.exists() {
+                    write_file(&group, "1")?;
+                }
             }
         }
         Ok(cg)
@@ -421,6 +428,7 @@ mod tests {
         fs::create_dir(&f).unwrap();
         fs::create_dir(f.join("i1")).unwrap();
         fs::write(f.join("i1").join("memory.swap.max"), "max").unwrap();
+        fs::write(f.join("i1").join("memory.oom.group"), "0").unwrap();
         let cg = root.create("fn", "i1", 32 << 20).unwrap();
         assert_eq!(
             fs::read_to_string(cg.path().join("memory.max")).unwrap(),
@@ -429,6 +437,10 @@ mod tests {
         assert_eq!(
             fs::read_to_string(cg.path().join("memory.swap.max")).unwrap(),
             "0"
+        );
+        assert_eq!(
+            fs::read_to_string(cg.path().join("memory.oom.group")).unwrap(),
+            "1"
         );
         assert_eq!(
             fs::read_to_string(f.join("cgroup.subtree_control")).unwrap(),
