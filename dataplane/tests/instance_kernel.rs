@@ -658,3 +658,61 @@ fn egress_reaches_the_bridge_and_pool_hands_out_prepared_namespaces() {
         .unwrap();
     assert!(!shown.status.success(), "bridge left behind");
 }
+
+#[test]
+fn ready_waits_for_the_port_to_listen() {
+    let Some(env) = Env::new("late") else {
+        return;
+    };
+    let mut spec = env.spec("late", "test-late-bind.py", 18091);
+    spec.environment
+        .insert("TEST_BIND_DELAY_MS".into(), "400".into());
+    let inst = env.start(&spec, "late-1").unwrap();
+    let after = inst.ready_after().unwrap();
+    assert!(
+        after >= Duration::from_millis(400),
+        "Ready before the port listened: {after:?}"
+    );
+    let (status, body) = http_get(inst.connect_upstream().unwrap(), "/").unwrap();
+    assert_eq!((status, body.as_str()), (200, "late but here"));
+
+    spec.environment
+        .insert("TEST_BIND_DELAY_MS".into(), "never".into());
+    spec.handshake_timeout = Duration::from_millis(500);
+    let err = env.start(&spec, "late-2").unwrap_err();
+    assert!(
+        matches!(err, InstanceError::HandshakeTimeout { after_ms: 500, waiting_for } if waiting_for.contains("AETHER_TRIGGER_PORT")),
+        "{err}"
+    );
+}
+
+#[test]
+fn supervisor_forgets_failures_after_a_healthy_spell() {
+    let Some(env) = Env::new("healthy") else {
+        return;
+    };
+    let spec = env.spec("healthy", "test-echo.py", 18092);
+    let pool = NetnsPool::new(1, None).unwrap();
+    let policy = BackoffPolicy {
+        initial: Duration::from_millis(50),
+        max: Duration::from_secs(1),
+        reset_after: Duration::from_millis(300),
+    };
+    let mut sup = Supervisor::new(spec, env.cgroups.clone(), 1, policy);
+    let ready = |e: &SupervisorEvent| matches!(e, SupervisorEvent::Ready { .. });
+    drive(&mut sup, &pool, Duration::from_secs(10), ready);
+    let _ = http_get(sup.ready()[0].connect_upstream().unwrap(), "/crash");
+    drive(&mut sup, &pool, Duration::from_secs(5), |e| {
+        matches!(e, SupervisorEvent::Exited { .. })
+    });
+    assert_eq!(sup.consecutive_failures(), 1);
+    drive(&mut sup, &pool, Duration::from_secs(10), ready);
+    std::thread::sleep(Duration::from_millis(350));
+    assert!(sup.tick(Instant::now(), &pool).is_empty());
+    assert_eq!(
+        sup.consecutive_failures(),
+        0,
+        "healthy for longer than reset_after"
+    );
+    assert_eq!(sup.stats().restarts, 1);
+}
