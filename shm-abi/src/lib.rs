@@ -97,3 +97,20 @@ pub(crate) fn process_alive(pid: u32) -> bool {
     rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 pub mod message;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn process_alive_distinguishes_live_dead_and_impossible_pids() {
+        assert!(crate::process_alive(std::process::id()));
+        assert!(crate::process_alive(1));
+        assert!(!crate::process_alive(0));
+        assert!(!crate::process_alive(u32::MAX));
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let pid = child.id();
+        child.wait().unwrap_or_else(|e| panic!("{e}"));
+        assert!(!crate::process_alive(pid));
+    }
+}

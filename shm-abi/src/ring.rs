@@ -1271,3 +1271,45 @@ impl RingSegment {
         self.ring.consumer()
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framing_arithmetic() {
+        assert_eq!(framed_len(0), 8);
+        assert_eq!(framed_len(1), 16);
+        assert_eq!(framed_len(8), 16);
+        assert_eq!(framed_len(9), 24);
+        assert_eq!(data_capacity(64), 64);
+        assert_eq!(data_capacity(65), 72);
+        assert_eq!(max_payload(65), 64);
+        assert_eq!(max_payload(0), 0);
+        assert_eq!(Ring::required_bytes(100), 384 + 104);
+        assert_eq!(Ring::required_bytes(usize::MAX), usize::MAX);
+        assert_eq!(SKIP_CRC.to_le_bytes(), *b"SKIP");
+    }
+
+    #[test]
+    fn header_offsets_match_the_drawing() {
+        assert_eq!(std::mem::offset_of!(RingHeader, meta), 0);
+        assert_eq!(std::mem::offset_of!(RingHeader, tail), 128);
+        assert_eq!(std::mem::offset_of!(RingHeader, head), 256);
+        assert_eq!(std::mem::offset_of!(MetaLine, capacity), 8);
+        assert_eq!(std::mem::offset_of!(MetaLine, producer_pid), 16);
+        assert_eq!(std::mem::offset_of!(MetaLine, consumer_pid), 20);
+        assert_eq!(std::mem::offset_of!(IndexLine, waiter), 8);
+    }
+
+    #[test]
+    fn init_rejects_bad_regions() {
+        let mut buf = vec![0u128; 64]; // 1024 bytes, 16-aligned
+        let base = NonNull::new(buf.as_mut_ptr().cast::<u8>()).unwrap_or(NonNull::dangling());
+        // SAFETY: the buffer is valid for 1024 bytes and outlives the calls.
+        let odd = unsafe { NonNull::new_unchecked(base.as_ptr().wrapping_add(8)) };
+        // SAFETY: as above; misalignment is detected before any access.
+        let r = unsafe { Ring::init_in(odd, 512, 64) };
+        assert!(matches!(r, Err(RingError::Misaligned { .. })));
+    }
+}

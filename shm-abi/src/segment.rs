@@ -550,3 +550,35 @@ impl Drop for Segment {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv1a_matches_reference_vectors() {
+        // Reference values of 64-bit FNV-1a.
+        assert_eq!(fnv1a(FNV_OFFSET, b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(FNV_OFFSET, b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(FNV_OFFSET, b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn layout_hash_depends_on_name_facts_and_order() {
+        let a = SegmentLayout::new("x", &[1, 2]);
+        assert_eq!(a, SegmentLayout::new("x", &[1, 2]));
+        assert_ne!(a.hash, SegmentLayout::new("y", &[1, 2]).hash);
+        assert_ne!(a.hash, SegmentLayout::new("x", &[2, 1]).hash);
+        assert_ne!(a.hash, SegmentLayout::new("x", &[1, 2, 0]).hash);
+    }
+
+    #[test]
+    fn header_offsets_match_the_drawing() {
+        assert_eq!(std::mem::offset_of!(SegmentHeader, magic), 0);
+        assert_eq!(std::mem::offset_of!(SegmentHeader, abi_version), 8);
+        assert_eq!(std::mem::offset_of!(SegmentHeader, header_len), 12);
+        assert_eq!(std::mem::offset_of!(SegmentHeader, layout_hash), 16);
+        assert_eq!(std::mem::offset_of!(SegmentHeader, total_len), 24);
+        assert_eq!(std::mem::offset_of!(SegmentHeader, creator_pid), 32);
+    }
+}
