@@ -1,2 +1,37 @@
-//! Benchmark binaries live in src/bin.
+//! Shared harness for Aetherless benchmark binaries.
+//!
+//! Every benchmark is a plain binary in `bench/src/bin/<name>.rs` that records
+//! into `hdrhistogram`, runs its baseline in the same process run (so results
+//! can be read as ratios), and writes `<output-dir>/<name>.json` as a
+//! [`report::Report`]. `bench/compare.sh` discovers the binaries by the file
+//! names in `src/bin`, so a new benchmark plugs in by adding a file there.
+//!
+//! The contract each benchmark binary follows:
+//! - accepts `--smoke` (a short run) and `--output-dir DIR` (default
+//!   `bench/results`), see [`cli::CommonArgs`];
+//! - exits non-zero when the measurement itself failed (a peer died, a checksum
+//!   mismatched); a missed target is *not* a failure, it is a `pass: false` in
+//!   the JSON's `targets`.
+//!
+//! Modules:
+//! - [`affinity`]: the allowed cpuset and thread pinning;
+//! - [`clock`]: `CLOCK_MONOTONIC` nanoseconds (comparable across processes),
+//!   UTC timestamps and the timer's own overhead;
+//! - [`cli`]: the flags every benchmark shares;
+//! - [`histogram`]: an hdrhistogram in nanoseconds and its percentile summary;
+//! - [`machine`]: what the run ran on (host, kernel, CPU model, cores used);
+//! - [`report`]: the JSON document and target checks;
+//! - [`shared`]: a small shared-memory file two benchmark processes map;
+//! - [`ring`]: the shared-memory ring benchmark (binary `ring`).
+//! - [`gateway`]: the HTTP gateway benchmark (binary `gateway`): the aetherd hop
+//!   against the native handler direct and behind nginx.
+
+pub mod affinity;
+pub mod cli;
+pub mod clock;
 pub mod gateway;
+pub mod histogram;
+pub mod machine;
+pub mod report;
+pub mod ring;
+pub mod shared;

@@ -1,0 +1,94 @@
+//! What a benchmark ran on.
+//!
+//! Read from procfs/sysfs; a missing file gives `"unknown"` rather than an
+//! error, because a result without a CPU model is still a result.
+
+use serde::Serialize;
+use std::fs;
+
+/// The machine a benchmark ran on, recorded in every result.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub hostname: String,
+    pub kernel: String,
+    pub cpu_model: String,
+    /// Cpus online (`/sys/devices/system/cpu/online`, e.g. `0-1`).
+    pub cpus_online: String,
+    /// The cpu ids the benchmark pinned its processes/threads to.
+    pub cores_used: Vec<usize>,
+    /// Whether `/proc/cpuinfo` has the `hypervisor` flag (a VM: cross-core
+    /// wake-ups go through the hypervisor and cost more than on bare metal).
+    pub virtualized: bool,
+    pub clocksource: String,
+    pub cpuidle_driver: String,
+}
+
+impl Machine {
+    /// Reads the machine description from `/proc` and `/sys`.
+    #[must_use]
+    pub fn detect(cores_used: &[usize]) -> Self {
+        let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        Self {
+            hostname: read_trimmed("/proc/sys/kernel/hostname"),
+            kernel: read_trimmed("/proc/sys/kernel/osrelease"),
+            cpu_model: cpuinfo_field(&cpuinfo, "model name").unwrap_or_else(unknown),
+            cpus_online: read_trimmed("/sys/devices/system/cpu/online"),
+            cores_used: cores_used.to_vec(),
+            virtualized: cpuinfo_field(&cpuinfo, "flags")
+                .is_some_and(|f| f.split_whitespace().any(|flag| flag == "hypervisor")),
+            clocksource: read_trimmed(
+                "/sys/devices/system/clocksource/clocksource0/current_clocksource",
+            ),
+            cpuidle_driver: read_trimmed("/sys/devices/system/cpu/cpuidle/current_driver"),
+        }
+    }
+}
+
+fn unknown() -> String {
+    "unknown".to_owned()
+}
+
+fn read_trimmed(path: &str) -> String {
+    fs::read_to_string(path).map_or_else(|_| unknown(), |s| s.trim().to_owned())
+}
+
+/// The value of the first `key : value` line of `/proc/cpuinfo` text.
+fn cpuinfo_field(cpuinfo: &str, key: &str) -> Option<String> {
+    cpuinfo.lines().find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        (k.trim() == key).then(|| v.trim().to_owned())
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpuinfo_field_reads_first_match() {
+        let text = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu hypervisor\nmodel name\t: other\n";
+        assert_eq!(
+            cpuinfo_field(text, "model name").as_deref(),
+            Some("AMD EPYC")
+        );
+        assert_eq!(
+            cpuinfo_field(text, "flags").as_deref(),
+            Some("fpu hypervisor")
+        );
+        assert_eq!(cpuinfo_field(text, "missing"), None);
+    }
+
+    #[test]
+    fn detect_reports_this_kernel() {
+        let m = Machine::detect(&[0, 1]);
+        assert_eq!(m.cores_used, vec![0, 1]);
+        assert_eq!(
+            m.kernel,
+            fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap()
+                .trim()
+        );
+        assert_ne!(m.cpu_model, "unknown");
+    }
+}
