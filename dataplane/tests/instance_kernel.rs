@@ -479,7 +479,26 @@ fn supervisor_restarts_crashes_with_backoff_and_counts_oom() {
     );
     drive(&mut sup, &pool, Duration::from_secs(10), ready);
     let pid = sup.ready()[0].pid();
-    let events = sup.shutdown(Duration::from_millis(100));
+    // Non-blocking stop: python as pid 1 ignores SIGTERM, so it lives until
+    // the grace period ends and SIGKILL comes from a tick; no tick blocks.
+    let t0 = Instant::now();
+    sup.begin_shutdown(t0, Duration::from_millis(200));
+    let mut events = Vec::new();
+    while !sup.is_stopped() {
+        let t = Instant::now();
+        events.extend(sup.tick(t, &pool));
+        assert!(
+            t.elapsed() < Duration::from_millis(50),
+            "tick blocked {:?}",
+            t.elapsed()
+        );
+        assert!(t0.elapsed() < Duration::from_secs(5), "never stopped");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        t0.elapsed() >= Duration::from_millis(200),
+        "killed before the grace period"
+    );
     assert!(
         matches!(
             events.as_slice(),
@@ -490,6 +509,7 @@ fn supervisor_restarts_crashes_with_backoff_and_counts_oom() {
         ),
         "{events:?}"
     );
+    assert_eq!(sup.next_tick(Instant::now()), None);
     assert!(!pid_alive(pid));
 }
 
@@ -715,4 +735,8 @@ fn supervisor_forgets_failures_after_a_healthy_spell() {
         "healthy for longer than reset_after"
     );
     assert_eq!(sup.stats().restarts, 1);
+    let pid = sup.ready()[0].pid();
+    let events = sup.shutdown(Duration::ZERO);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(!pid_alive(pid));
 }

@@ -14,6 +14,9 @@
 //! `reset_after`. A failure is a crash (any exit nobody asked for, including
 //! an OOM kill), a failed handshake or a failed spawn.
 //!
+//! Stopping: [`Supervisor::begin_shutdown`] (non-blocking; keep ticking
+//! until [`Supervisor::is_stopped`]) or the blocking [`Supervisor::shutdown`].
+//!
 //! The set of ready instances changes only inside `tick`/`set_desired`/
 //! `shutdown`; each change bumps [`Supervisor::generation`] and is reported as
 //! a [`SupervisorEvent`], so the gateway can add and remove backends.
@@ -114,6 +117,8 @@ pub struct Supervisor {
     not_before: Option<Instant>,
     stats: SupervisorStats,
     generation: u64,
+    /// Set by `begin_shutdown`: when the survivors get SIGKILL.
+    kill_at: Option<Instant>,
 }
 
 impl Supervisor {
@@ -137,6 +142,7 @@ impl Supervisor {
             not_before: None,
             stats: SupervisorStats::default(),
             generation: 0,
+            kill_at: None,
         }
     }
 
@@ -183,6 +189,12 @@ impl Supervisor {
     /// When `tick` next has work: now while starting, the backoff's end while
     /// backing off, `None` when settled (tick at leisure to notice exits).
     pub fn next_tick(&self, now: Instant) -> Option<Instant> {
+        if let Some(kill_at) = self.kill_at {
+            if self.is_stopped() {
+                return None;
+            }
+            return Some(kill_at.min(now + Duration::from_millis(5)));
+        }
         if !self.starting.is_empty() {
             return Some(now);
         }
@@ -203,6 +215,9 @@ impl Supervisor {
     /// Advances everything; never blocks for long (spawning is a clone plus
     /// an exec; a namespace comes from the pool).
     pub fn tick(&mut self, now: Instant, pool: &NetnsPool) -> Vec<SupervisorEvent> {
+        if self.kill_at.is_some() {
+            return self.reap_stopping(now);
+        }
         let mut events = Vec::new();
         // 1. Handshakes.
         for s in std::mem::take(&mut self.starting) {
@@ -325,45 +340,67 @@ impl Supervisor {
         }
     }
 
-    /// Stops everything: SIGTERM to ready instances, SIGKILL to those still
-    /// running after `grace` (pid 1 of a namespace ignores SIGTERM unless it
-    /// handles it), handshakes killed at once. Blocks up to `grace`.
-    pub fn shutdown(&mut self, grace: Duration) -> Vec<SupervisorEvent> {
+    /// Starts stopping everything without blocking: handshakes are killed at
+    /// once, ready instances get SIGTERM, and whatever still runs at
+    /// `now + grace` gets SIGKILL from a later [`Self::tick`] (pid 1 of a
+    /// namespace ignores SIGTERM unless it handles it). Keep ticking until
+    /// [`Self::is_stopped`].
+    pub fn begin_shutdown(&mut self, now: Instant, grace: Duration) {
         self.desired = 0;
+        self.kill_at = Some(now + grace);
         for mut s in std::mem::take(&mut self.starting) {
             let _ = stop_starting(&mut s);
         }
+        let signal = if grace.is_zero() {
+            libc::SIGKILL
+        } else {
+            libc::SIGTERM
+        };
         for inst in &mut self.ready {
-            let _ = inst.request_stop(libc::SIGTERM);
+            let _ = inst.request_stop(signal);
         }
-        let deadline = Instant::now() + grace;
+    }
+
+    /// True once `begin_shutdown` was called and every instance is gone.
+    pub fn is_stopped(&self) -> bool {
+        self.kill_at.is_some() && self.ready.is_empty() && self.starting.is_empty()
+    }
+
+    /// While stopping: reap what exited, SIGKILL the rest once `kill_at` passed.
+    fn reap_stopping(&mut self, now: Instant) -> Vec<SupervisorEvent> {
         let mut events = Vec::new();
-        loop {
-            let mut i = 0;
-            while i < self.ready.len() {
-                if let Ok(Some(reason)) = self.ready[i].try_wait() {
+        let overdue = self.kill_at.is_some_and(|t| now >= t);
+        let mut i = 0;
+        while i < self.ready.len() {
+            if overdue {
+                let _ = self.ready[i].kill();
+            }
+            match self.ready[i].try_wait() {
+                Ok(Some(reason)) => {
                     let inst = self.ready.swap_remove(i);
+                    self.generation += 1;
                     events.push(SupervisorEvent::Exited {
                         instance: inst.id().to_owned(),
                         reason,
                     });
-                } else {
-                    i += 1;
                 }
+                _ => i += 1,
             }
-            if self.ready.is_empty() || Instant::now() >= deadline {
-                break;
+        }
+        events
+    }
+
+    /// Blocking form of [`Self::begin_shutdown`]: returns when every
+    /// instance is gone (at most `grace` plus the time SIGKILL takes).
+    pub fn shutdown(&mut self, grace: Duration) -> Vec<SupervisorEvent> {
+        self.begin_shutdown(Instant::now(), grace);
+        let mut events = Vec::new();
+        while !self.is_stopped() {
+            events.extend(self.reap_stopping(Instant::now()));
+            if !self.is_stopped() {
+                std::thread::sleep(Duration::from_millis(2));
             }
-            std::thread::sleep(Duration::from_millis(2));
         }
-        for mut inst in std::mem::take(&mut self.ready) {
-            let reason = inst.kill_and_wait().unwrap_or(ExitReason::Stopped);
-            events.push(SupervisorEvent::Exited {
-                instance: inst.id().to_owned(),
-                reason,
-            });
-        }
-        self.generation += 1;
         events
     }
 }
@@ -375,7 +412,7 @@ fn stop_starting(s: &mut StartingInstance) -> Result<ExitReason, super::Instance
 impl Drop for Supervisor {
     fn drop(&mut self) {
         if !self.ready.is_empty() || !self.starting.is_empty() {
-            self.shutdown(Duration::ZERO);
+            let _ = self.shutdown(Duration::ZERO);
         }
     }
 }
