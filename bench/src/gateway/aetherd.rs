@@ -196,12 +196,22 @@ impl Aetherd {
         result
     }
 
-    fn kill_from_pidfile(&self) {
-        let pidfile = self.dir.join("state").join("aetherd.pid");
-        let pid = std::fs::read_to_string(&pidfile)
+    /// aetherd's pid, from the pidfile in the state dir.
+    #[must_use]
+    pub fn pid(&self) -> Option<libc::pid_t> {
+        std::fs::read_to_string(self.pidfile())
             .ok()
-            .and_then(|s| s.trim().parse::<libc::pid_t>().ok());
-        if let Some(pid) = pid.filter(|&p| p > 1) {
+            .and_then(|s| s.trim().parse::<libc::pid_t>().ok())
+            .filter(|&p| p > 1)
+    }
+
+    fn pidfile(&self) -> PathBuf {
+        self.dir.join("state").join("aetherd.pid")
+    }
+
+    fn kill_from_pidfile(&self) {
+        let pidfile = self.pidfile();
+        if let Some(pid) = self.pid() {
             eprintln!(
                 "gateway: killing aetherd (pid {pid} from {})",
                 pidfile.display()

@@ -1,8 +1,8 @@
 //! The closed-loop keep-alive load generator.
 //!
-//! - [`latency`]: one connection, requests strictly one after another; every
-//!   sample is the time from just before `write` of the request to the read
-//!   that completes the response (one `Instant::now()` pair included).
+//! - [`LatencyProbe`]: one connection, requests strictly one after another;
+//!   every sample is the time from just before `write` of the request to the
+//!   read that completes the response (one `Instant::now()` pair included).
 //! - [`throughput`]: `connections` connections over `threads` client threads,
 //!   each thread a `poll(2)` loop over its connections; each connection always
 //!   has exactly one request in flight (the next is written as soon as a
@@ -209,58 +209,72 @@ impl ErrorBudget {
     }
 }
 
-/// Result of [`latency`].
+/// Latency with one connection, fed in rounds (so several set-ups can be
+/// measured alternately and share whatever else the machine is doing).
 #[derive(Debug)]
-pub struct LatencyRun {
-    /// Round trips of the measured `200` responses, ns.
-    pub histogram: LatencyHistogram,
-    /// Non-200 responses and broken connections (warm-up included).
-    pub errors: u64,
-    /// Wall time of the measured part.
-    pub elapsed: Duration,
+pub struct LatencyProbe {
+    addr: SocketAddr,
+    client: Client,
+    request: Vec<u8>,
+    histogram: LatencyHistogram,
+    budget: ErrorBudget,
 }
 
-/// `warmup` then `samples` sequential round trips on one connection.
-///
-/// # Errors
-/// A failed (re)connect, more than [`ERROR_LIMIT`] failures, or a signal.
-pub fn latency(
-    addr: SocketAddr,
-    request: &[u8],
-    warmup: u64,
-    samples: u64,
-) -> Result<LatencyRun, LoadError> {
-    let mut client = Client::connect(addr)?;
-    let mut histogram = LatencyHistogram::new()?;
-    let mut budget = ErrorBudget::new(addr);
-    let mut measured_from = Instant::now();
-    for i in 0..warmup + samples {
-        if i % 1024 == 0 && interrupted() {
-            return Err(LoadError::Interrupted);
-        }
-        if i == warmup {
-            measured_from = Instant::now();
-        }
-        let t0 = Instant::now();
-        match client.round_trip(request) {
-            Ok(200) => {
-                let ns = duration_ns(t0.elapsed());
-                if i >= warmup {
-                    histogram.record(ns);
+impl LatencyProbe {
+    /// Connects the probe's one connection.
+    ///
+    /// # Errors
+    /// [`LoadError::Connect`], or a histogram that cannot be created.
+    pub fn connect(addr: SocketAddr, request: &[u8]) -> Result<Self, LoadError> {
+        Ok(Self {
+            addr,
+            client: Client::connect(addr)?,
+            request: request.to_vec(),
+            histogram: LatencyHistogram::new()?,
+            budget: ErrorBudget::new(addr),
+        })
+    }
+
+    /// `n` sequential round trips; each `200` is recorded when `record`
+    /// (false: warm-up). A failed request is charged to the error budget and
+    /// the connection re-opened.
+    ///
+    /// # Errors
+    /// A failed reconnect, more than [`ERROR_LIMIT`] failures, or a signal.
+    pub fn run(&mut self, n: u64, record: bool) -> Result<(), LoadError> {
+        for i in 0..n {
+            if i % 1024 == 0 && interrupted() {
+                return Err(LoadError::Interrupted);
+            }
+            let t0 = Instant::now();
+            match self.client.round_trip(&self.request) {
+                Ok(200) => {
+                    let ns = duration_ns(t0.elapsed());
+                    if record {
+                        self.histogram.record(ns);
+                    }
+                }
+                Ok(status) => self.budget.charge(&format_args!("status {status}"))?,
+                Err(e) => {
+                    self.budget.charge(&e)?;
+                    self.client = Client::connect(self.addr)?;
                 }
             }
-            Ok(status) => budget.charge(&format_args!("status {status}"))?,
-            Err(e) => {
-                budget.charge(&e)?;
-                client = Client::connect(addr)?;
-            }
         }
+        Ok(())
     }
-    Ok(LatencyRun {
-        histogram,
-        errors: budget.errors,
-        elapsed: measured_from.elapsed(),
-    })
+
+    /// Round trips of the recorded `200` responses, ns.
+    #[must_use]
+    pub fn histogram(&self) -> &LatencyHistogram {
+        &self.histogram
+    }
+
+    /// Non-200 responses and broken connections so far (warm-up included).
+    #[must_use]
+    pub fn errors(&self) -> u64 {
+        self.budget.errors
+    }
 }
 
 /// Result of [`throughput`].
@@ -469,4 +483,139 @@ fn drive(
         }
     }
     Ok((ok, failed))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+mod tests {
+    use super::*;
+    use crate::gateway::http::get_request;
+    use std::net::TcpListener;
+
+    /// What the test server does with the n-th request (from 0) of a connection.
+    #[derive(Clone, Copy)]
+    enum Policy {
+        AlwaysOk,
+        OddFail,
+        CloseAfterOne,
+    }
+
+    /// A keep-alive server on a loopback port, one thread per connection;
+    /// threads end when the test process does.
+    fn serve(policy: Policy) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { return };
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let mut n = 0u64;
+                    loop {
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let ok = match policy {
+                                Policy::AlwaysOk | Policy::CloseAfterOne => true,
+                                Policy::OddFail => n.is_multiple_of(2),
+                            };
+                            let resp: &[u8] = if ok {
+                                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                            } else {
+                                b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\nbusy"
+                            };
+                            if s.write_all(resp).is_err() {
+                                return;
+                            }
+                            n += 1;
+                            if matches!(policy, Policy::CloseAfterOne) {
+                                return;
+                            }
+                        }
+                        match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn probe_records_200s_and_charges_the_rest() {
+        let addr = serve(Policy::OddFail);
+        let mut p = LatencyProbe::connect(addr, &get_request("/")).unwrap();
+        p.run(10, false).unwrap();
+        assert!(p.histogram().is_empty(), "warm-up is not recorded");
+        p.run(100, true).unwrap();
+        assert_eq!(p.histogram().len(), 50);
+        assert_eq!(p.errors(), 55);
+    }
+
+    #[test]
+    fn probe_reconnects_when_the_server_closes() {
+        let addr = serve(Policy::CloseAfterOne);
+        let mut p = LatencyProbe::connect(addr, &get_request("/")).unwrap();
+        p.run(20, true).unwrap();
+        assert!(p.errors() >= 1, "a closed connection is an error");
+        assert_eq!(p.histogram().len() + p.errors(), 20);
+        assert!(
+            p.histogram().len() >= 10,
+            "every reconnect serves one request"
+        );
+    }
+
+    #[test]
+    fn throughput_counts_complete_200s_in_the_window() {
+        let addr = serve(Policy::AlwaysOk);
+        let window = Duration::from_millis(300);
+        let t = throughput(
+            addr,
+            &get_request("/"),
+            5,
+            2,
+            Duration::from_millis(50),
+            window,
+        )
+        .unwrap();
+        assert_eq!(t.errors, 0);
+        assert!(t.ok > 100, "{t:?}");
+        assert_eq!(t.ok_per_thread.len(), 2);
+        assert!(t.ok_per_thread.iter().all(|&n| n > 0), "{t:?}");
+        assert_eq!(t.ok, t.ok_per_thread.iter().sum::<u64>());
+        #[allow(clippy::cast_precision_loss)]
+        let expected = t.ok as f64 / window.as_secs_f64();
+        assert!((t.rps - expected).abs() < 1e-6);
+    }
+
+    #[test]
+    fn throughput_counts_non_200_as_errors() {
+        let addr = serve(Policy::OddFail);
+        let t = throughput(
+            addr,
+            &get_request("/"),
+            2,
+            1,
+            Duration::ZERO,
+            Duration::from_millis(100),
+        );
+        // 50 % failures exceed the error budget quickly on loopback.
+        match t {
+            Err(LoadError::TooManyErrors { errors, .. }) => assert!(errors > ERROR_LIMIT),
+            Ok(t) => assert!(t.errors > 0 && t.ok > 0, "{t:?}"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn connect_to_a_closed_port_fails_with_its_address() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let err = LatencyProbe::connect(port, b"").unwrap_err();
+        assert!(err.to_string().contains(&port.to_string()), "{err}");
+    }
 }

@@ -14,7 +14,12 @@
 //! Per mode: latency with 1 connection (warm-up, then N sequential requests
 //! into an hdrhistogram → p50/p99/p999 µs) and throughput with 32 connections
 //! over 2 client threads for a fixed window (complete `200`s per second).
-//! Added latency = mode − direct, from the same run.
+//! Added latency = mode − direct, from the same run. The three set-ups run
+//! side by side and are measured in alternating rounds (10 latency rounds,
+//! 5 throughput rounds, 2 in a smoke run), so a noisy neighbour on the machine
+//! hits them alike instead of whichever ran at the wrong moment. Because an
+//! idle aetherd that spun would slow the other two, its idle cpu use is
+//! measured and reported (`aetherd_idle_cpu_pct`).
 //!
 //! **Shared cpus.** Our machines have 2 cores. Nothing is pinned: client
 //! threads, nginx's worker or aetherd's executors, and the handler's threads
@@ -41,7 +46,7 @@ use crate::histogram::Percentiles;
 use crate::machine::Machine;
 use crate::report::{git_revision, Report, ReportError, Target};
 use aetherd::{Aetherd, AetherdSetup, FunctionShape};
-use loadgen::LoadError;
+use loadgen::{LatencyProbe, LoadError};
 use nginx::Nginx;
 use process::{free_port, wait_until_serving, ChildGuard, ProcessError};
 use serde::Serialize;
@@ -164,9 +169,12 @@ pub struct GatewayParameters {
     pub latency_connections: u32,
     pub latency_warmup: u64,
     pub latency_samples: u64,
+    pub latency_rounds: u64,
     pub throughput_connections: usize,
     pub throughput_client_threads: usize,
-    pub throughput_warmup_s: f64,
+    pub throughput_rounds: u32,
+    pub throughput_round_warmup_s: f64,
+    /// Total measured window per mode (summed over its rounds).
     pub throughput_window_s: f64,
     pub handler: String,
     pub handler_threads: usize,
@@ -174,6 +182,7 @@ pub struct GatewayParameters {
     pub nginx_config: String,
     pub aetherd_instances: u32,
     pub aetherd_concurrency: u32,
+    pub schedule: String,
     pub pinning: String,
     pub error_budget_per_run: u64,
 }
@@ -185,6 +194,97 @@ struct ModeResult {
     rps: f64,
     errors: u64,
     ok_per_thread: Vec<u64>,
+}
+
+/// A set-up under measurement: its address, latency probe and throughput tally.
+#[derive(Debug)]
+struct Mode {
+    name: &'static str,
+    addr: SocketAddr,
+    probe: Option<LatencyProbe>,
+    ok: u64,
+    errors: u64,
+    window: Duration,
+    ok_per_thread: Vec<u64>,
+    failure: Option<String>,
+}
+
+impl Mode {
+    fn new(name: &'static str, addr: SocketAddr) -> Self {
+        Self {
+            name,
+            addr,
+            probe: None,
+            ok: 0,
+            errors: 0,
+            window: Duration::ZERO,
+            ok_per_thread: Vec::new(),
+            failure: None,
+        }
+    }
+
+    /// Records a failed step. The direct mode is the baseline: its failure,
+    /// and a signal, end the run.
+    fn fail(&mut self, e: LoadError) -> Result<(), GatewayError> {
+        match e {
+            LoadError::Interrupted => Err(GatewayError::Interrupted),
+            source if self.name == "direct" => Err(GatewayError::Measure {
+                mode: "direct",
+                source,
+            }),
+            e => {
+                eprintln!("gateway: {}: measurement failed: {e}", self.name);
+                self.failure = Some(e.to_string());
+                Ok(())
+            }
+        }
+    }
+
+    fn active(&self) -> bool {
+        self.failure.is_none()
+    }
+
+    fn result(&self) -> Option<ModeResult> {
+        let probe = self.probe.as_ref().filter(|_| self.active())?;
+        #[allow(clippy::cast_precision_loss)] // counts far below 2^52
+        let rps = self.ok as f64 / self.window.as_secs_f64().max(f64::MIN_POSITIVE);
+        Some(ModeResult {
+            latency: probe.histogram().summary(),
+            rps,
+            errors: probe.errors() + self.errors,
+            ok_per_thread: self.ok_per_thread.clone(),
+        })
+    }
+}
+
+/// Round counts and sizes derived from the flags.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    samples: u64,
+    warmup: u64,
+    latency_rounds: u64,
+    window: Duration,
+    throughput_rounds: u32,
+    round_warmup: Duration,
+}
+
+impl Plan {
+    fn new(args: &GatewayArgs) -> Self {
+        let smoke = args.common.smoke;
+        let samples = args
+            .samples
+            .unwrap_or(if smoke { 10_000 } else { 100_000 })
+            .max(1);
+        let window_s = args.duration_s.unwrap_or(if smoke { 2.0 } else { 10.0 });
+        Self {
+            samples,
+            warmup: args.warmup.unwrap_or(samples / 10),
+            latency_rounds: 10.min(samples),
+            window: Duration::from_secs_f64(window_s.max(0.1)),
+            throughput_rounds: if smoke { 2 } else { 5 },
+            round_warmup: Duration::from_millis(if smoke { 200 } else { 500 }),
+        }
+    }
 }
 
 fn us(ns: u64) -> f64 {
@@ -200,19 +300,7 @@ fn us(ns: u64) -> f64 {
 /// `--allow-missing` (the JSON is still written), a write error, a signal.
 pub fn run(args: &GatewayArgs) -> Result<PathBuf, GatewayError> {
     interrupt::install();
-    let smoke = args.common.smoke;
-    let samples = args.samples.unwrap_or(if smoke { 10_000 } else { 100_000 });
-    let warmup = args.warmup.unwrap_or(samples / 10);
-    let window = Duration::from_secs_f64(
-        args.duration_s
-            .unwrap_or(if smoke { 2.0 } else { 10.0 })
-            .max(0.1),
-    );
-    let tput_warmup = if smoke {
-        Duration::from_millis(500)
-    } else {
-        Duration::from_secs(1)
-    };
+    let plan = Plan::new(args);
     let allowed = crate::affinity::allowed_cpus().unwrap_or_default();
     let ncpu = allowed.len().max(1);
     let handler_threads = args.handler_threads.unwrap_or(ncpu);
@@ -246,42 +334,10 @@ pub fn run(args: &GatewayArgs) -> Result<PathBuf, GatewayError> {
         .map_err(GatewayError::TempDir)?;
     let body = expected_body();
     let request = http::get_request(REQUEST_PATH);
-    let measure = |mode: &'static str, addr: SocketAddr| -> Result<ModeResult, LoadError> {
-        eprintln!("gateway: {mode}: latency, 1 connection, {warmup} warm-up + {samples} requests");
-        let lat = loadgen::latency(addr, &request, warmup, samples)?;
-        eprintln!(
-            "gateway: {mode}: throughput, {} connections / {} threads, {:?} warm-up + {window:?}",
-            args.connections, args.client_threads, tput_warmup
-        );
-        let tput = loadgen::throughput(
-            addr,
-            &request,
-            args.connections,
-            args.client_threads,
-            tput_warmup,
-            window,
-        )?;
-        let latency = lat.histogram.summary();
-        eprintln!(
-            "gateway: {mode}: p50 {:.1} µs, p99 {:.1} µs, {:.0} req/s, {} errors",
-            us(latency.p50_ns),
-            us(latency.p99_ns),
-            tput.rps,
-            lat.errors + tput.errors
-        );
-        Ok(ModeResult {
-            latency,
-            rps: tput.rps,
-            errors: lat.errors + tput.errors,
-            ok_per_thread: tput.ok_per_thread,
-        })
-    };
-    let interrupted_or = |mode: &'static str, e: LoadError| match e {
-        LoadError::Interrupted => GatewayError::Interrupted,
-        source => GatewayError::Measure { mode, source },
-    };
 
-    // 1. direct, and the handler process the nginx mode proxies to.
+    // The three set-ups run side by side and are measured in alternating
+    // rounds, so that whatever else the machine does hits them alike.
+    // 1. direct: the handler, also nginx's upstream.
     let handler_port = free_port()?;
     let handler_addr = SocketAddr::from(([127, 0, 0, 1], handler_port));
     let mut cmd = Command::new(&handler);
@@ -299,7 +355,7 @@ pub fn run(args: &GatewayArgs) -> Result<PathBuf, GatewayError> {
         Duration::from_secs(10),
         || direct_handler.check_running(String::new),
     )?;
-    let direct = measure("direct", handler_addr).map_err(|e| interrupted_or("direct", e))?;
+    let mut modes = vec![Mode::new("direct", handler_addr)];
 
     // 2. nginx in front of the same handler process.
     let nginx_dir = run_dir.path().join("nginx");
@@ -318,30 +374,21 @@ pub fn run(args: &GatewayArgs) -> Result<PathBuf, GatewayError> {
             )
             .map_err(|e| e.to_string())
         });
-    let nginx = match nginx {
-        Ok(mut n) => {
-            let r = measure("nginx", n.addr);
-            n.stop();
-            match r {
-                Ok(r) => Some(r),
-                Err(LoadError::Interrupted) => return Err(GatewayError::Interrupted),
-                Err(e) => {
-                    errors.insert("nginx".into(), e.to_string());
-                    None
-                }
-            }
+    let mut nginx = match nginx {
+        Ok(n) => {
+            modes.push(Mode::new("nginx", n.addr));
+            Some(n)
         }
         Err(e) => {
             errors.insert("nginx".into(), e);
             None
         }
     };
-    direct_handler.stop();
 
     // 3. aetherd running the same binary.
-    let aetherd = if errors.contains_key("aetherd") {
-        None
-    } else {
+    let mut aetherd = None;
+    let mut aetherd_idle_cpu_pct = None;
+    if !errors.contains_key("aetherd") {
         let setup = free_port()
             .and_then(|t| free_port().map(|m| (t, m)))
             .map(|(t, m)| AetherdSetup {
@@ -355,60 +402,80 @@ pub fn run(args: &GatewayArgs) -> Result<PathBuf, GatewayError> {
                     concurrency: args.aetherd_concurrency,
                 },
             });
+        eprintln!("gateway: starting aetherd (aetherctl up)");
         let started = setup.map_err(|e| e.to_string()).and_then(|s| {
             std::fs::create_dir_all(&s.dir)
                 .map_err(|e| format!("cannot create {}: {e}", s.dir.display()))?;
             Aetherd::start(&s, REQUEST_PATH, &body).map_err(|e| e.to_string())
         });
         match started {
-            Ok(mut a) => {
-                let r = measure("aetherd", a.addr);
-                if let Err(e) = a.stop() {
-                    errors.insert("aetherd_down".into(), e.to_string());
+            Ok(a) => {
+                modes.push(Mode::new("aetherd", a.addr));
+                aetherd_idle_cpu_pct = a.pid().and_then(idle_cpu_pct);
+                if let Some(pct) = aetherd_idle_cpu_pct {
+                    eprintln!("gateway: aetherd uses {pct:.1} % of a cpu while idle");
                 }
-                match r {
-                    Ok(r) => Some(r),
-                    Err(LoadError::Interrupted) => return Err(GatewayError::Interrupted),
-                    Err(e) => {
-                        errors.insert("aetherd".into(), e.to_string());
-                        None
-                    }
-                }
+                aetherd = Some(a);
             }
             Err(e) => {
                 errors.insert("aetherd".into(), e);
-                None
             }
         }
-    };
+    }
+
+    measure(&mut modes, &plan, args, &request)?;
+
+    if let Some(a) = aetherd.as_mut() {
+        eprintln!("gateway: stopping aetherd (aetherctl down)");
+        if let Err(e) = a.stop() {
+            errors.insert("aetherd_down".into(), e.to_string());
+        }
+    }
+    if let Some(n) = nginx.as_mut() {
+        n.stop();
+    }
+    direct_handler.stop();
+    for m in &modes {
+        if let Some(f) = &m.failure {
+            errors.insert(m.name.to_owned(), f.clone());
+        }
+    }
     for (mode, why) in &errors {
         eprintln!("gateway: {mode} unavailable: {why}");
     }
 
+    let get = |name: &str| modes.iter().find(|m| m.name == name).and_then(Mode::result);
+    let direct = get("direct").ok_or(GatewayError::Interrupted)?;
+    let (nginx_r, aetherd_r) = (get("nginx"), get("aetherd"));
     let (git_rev, git_dirty) = git_revision();
-    let (results, targets) = results(
+    let (mut results, targets) = results(
         &direct,
-        nginx.as_ref(),
-        aetherd.as_ref(),
+        nginx_r.as_ref(),
+        aetherd_r.as_ref(),
         args.connections,
-        errors.clone(),
+        errors,
     );
+    if let Value::Object(r) = &mut results {
+        r.insert("aetherd_idle_cpu_pct".into(), json!(aetherd_idle_cpu_pct));
+    }
     let report = Report {
         benchmark: "gateway".to_owned(),
         timestamp: utc_timestamp(),
         git_rev,
         git_dirty,
         machine: Machine::detect(&allowed),
-        smoke,
+        smoke: args.common.smoke,
         parameters: GatewayParameters {
             request: format!("GET {REQUEST_PATH} HTTP/1.1, keep-alive, {} B", request.len()),
             latency_connections: 1,
-            latency_warmup: warmup,
-            latency_samples: samples,
+            latency_warmup: plan.warmup,
+            latency_samples: plan.samples,
+            latency_rounds: plan.latency_rounds,
             throughput_connections: args.connections,
             throughput_client_threads: args.client_threads,
-            throughput_warmup_s: tput_warmup.as_secs_f64(),
-            throughput_window_s: window.as_secs_f64(),
+            throughput_rounds: plan.throughput_rounds,
+            throughput_round_warmup_s: plan.round_warmup.as_secs_f64(),
+            throughput_window_s: plan.window.as_secs_f64(),
             handler: handler.display().to_string(),
             handler_threads,
             nginx: nginx_version(&args.nginx),
@@ -416,6 +483,9 @@ pub fn run(args: &GatewayArgs) -> Result<PathBuf, GatewayError> {
                 .to_owned(),
             aetherd_instances: instances,
             aetherd_concurrency: args.aetherd_concurrency,
+            schedule: "all set-ups run side by side; latency and throughput are measured in rounds that \
+                       alternate direct, nginx, aetherd"
+                .to_owned(),
             pinning: format!(
                 "none: load-generator threads, proxy (nginx worker / aetherd executors) and handler threads share cpus {allowed:?}"
             ),
@@ -426,8 +496,8 @@ pub fn run(args: &GatewayArgs) -> Result<PathBuf, GatewayError> {
     };
     let path = report.write_to(&args.common.output_dir)?;
     let missing: Vec<&str> = [
-        (Optional::Nginx, "nginx", nginx.is_none()),
-        (Optional::Aetherd, "aetherd", aetherd.is_none()),
+        (Optional::Nginx, "nginx", nginx_r.is_none()),
+        (Optional::Aetherd, "aetherd", aetherd_r.is_none()),
     ]
     .into_iter()
     .filter(|(m, _, absent)| *absent && !args.allow_missing.contains(m))
@@ -440,6 +510,88 @@ pub fn run(args: &GatewayArgs) -> Result<PathBuf, GatewayError> {
         });
     }
     Ok(path)
+}
+
+/// Latency rounds, then throughput rounds, alternating over the active modes.
+fn measure(
+    modes: &mut [Mode],
+    plan: &Plan,
+    args: &GatewayArgs,
+    request: &[u8],
+) -> Result<(), GatewayError> {
+    let per_round = plan.samples.div_ceil(plan.latency_rounds);
+    eprintln!(
+        "gateway: latency, 1 connection: {} warm-up + {} requests per mode in {} rounds",
+        plan.warmup,
+        per_round * plan.latency_rounds,
+        plan.latency_rounds
+    );
+    for m in modes.iter_mut() {
+        match LatencyProbe::connect(m.addr, request)
+            .and_then(|mut p| p.run(plan.warmup, false).map(|()| p))
+        {
+            Ok(p) => m.probe = Some(p),
+            Err(e) => m.fail(e)?,
+        }
+    }
+    for _ in 0..plan.latency_rounds {
+        for m in modes.iter_mut().filter(|m| m.active()) {
+            if let Some(Err(e)) = m.probe.as_mut().map(|p| p.run(per_round, true)) {
+                m.fail(e)?;
+            }
+        }
+    }
+    let round_window = plan.window / plan.throughput_rounds;
+    eprintln!(
+        "gateway: throughput, {} connections over {} client threads: {} rounds of {:?} warm-up + {round_window:?} per mode",
+        args.connections, args.client_threads, plan.throughput_rounds, plan.round_warmup
+    );
+    for _ in 0..plan.throughput_rounds {
+        for m in modes.iter_mut().filter(|m| m.active()) {
+            match loadgen::throughput(
+                m.addr,
+                request,
+                args.connections,
+                args.client_threads,
+                plan.round_warmup,
+                round_window,
+            ) {
+                Ok(t) => {
+                    m.ok += t.ok;
+                    m.errors += t.errors;
+                    m.window += t.window;
+                    m.ok_per_thread
+                        .resize(t.ok_per_thread.len().max(m.ok_per_thread.len()), 0);
+                    for (sum, x) in m.ok_per_thread.iter_mut().zip(&t.ok_per_thread) {
+                        *sum += x;
+                    }
+                }
+                Err(e) => m.fail(e)?,
+            }
+        }
+    }
+    for m in modes.iter() {
+        if let Some(r) = m.result() {
+            eprintln!(
+                "gateway: {:<7} p50 {:7.1} µs  p99 {:7.1} µs  p999 {:7.1} µs  {:9.0} req/s  {} errors",
+                m.name,
+                us(r.latency.p50_ns),
+                us(r.latency.p99_ns),
+                us(r.latency.p999_ns),
+                r.rps,
+                r.errors
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Percent of one cpu `pid` uses over one idle second.
+fn idle_cpu_pct(pid: libc::pid_t) -> Option<f64> {
+    let before = process::cpu_time(pid)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let spent = process::cpu_time(pid)?.checked_sub(before)?;
+    Some(spent.as_secs_f64() * 100.0)
 }
 
 /// The flat `results` object and the targets of issue 3.

@@ -171,6 +171,24 @@ pub fn wait_until_serving(
     })
 }
 
+/// User + system cpu time of process `pid` so far (all its threads), from
+/// `/proc/PID/stat`; `None` if it is gone or unreadable.
+#[must_use]
+pub fn cpu_time(pid: libc::pid_t) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name, which may contain spaces:
+    // state(3) … utime(14) stime(15), i.e. indices 11 and 12 after ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = u64::try_from(hz).ok().filter(|&h| h > 0)?;
+    Some(Duration::from_nanos(
+        ticks.saturating_mul(1_000_000_000) / hz,
+    ))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 mod tests {
@@ -188,6 +206,32 @@ mod tests {
         let err = quick.check_running(|| ": detail".into()).unwrap_err();
         assert!(err.to_string().contains("true exited"), "{err}");
         assert!(err.to_string().ends_with(": detail"), "{err}");
+    }
+
+    #[test]
+    fn cpu_time_of_a_busy_process_grows() {
+        let me = libc::pid_t::try_from(std::process::id()).unwrap();
+        let before = cpu_time(me).unwrap();
+        let t = Instant::now();
+        let mut x = 0u64;
+        // Spin until 50 ms of cpu are counted (the machine may be shared, so
+        // wall time says little); ticks are 10 ms, the bound is generous.
+        while cpu_time(me).unwrap() - before < Duration::from_millis(50) {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "cpu time did not grow while spinning"
+            );
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
+        let spent = cpu_time(me).unwrap() - before;
+        assert!(
+            spent <= t.elapsed() * 64 + Duration::from_millis(20),
+            "{spent:?} in {:?}",
+            t.elapsed()
+        );
+        assert_eq!(cpu_time(-5), None);
     }
 
     #[test]
