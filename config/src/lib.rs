@@ -114,6 +114,7 @@ mod decode;
 mod diff;
 mod error;
 mod model;
+pub mod runtime;
 pub mod schema;
 mod yaml;
 

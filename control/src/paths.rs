@@ -6,12 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-/// File name of the control segment inside the state dir.
-pub const CONTROL_SEGMENT: &str = "control.shm";
-/// File name of aetherd's pidfile inside the state dir.
-pub const PIDFILE: &str = "aetherd.pid";
-/// File name of a detached aetherd's own log inside the log dir.
-pub const DAEMON_LOG: &str = "aetherd.log";
+use config::runtime::{CONTROL_SEGMENT, DAEMON_LOG, PIDFILE};
 
 /// Paths of one aetherd.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,8 +46,20 @@ pub fn read_pid(pidfile: &Path) -> Option<i32> {
     std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()
 }
 
-/// Whether a process with this pid exists (signal 0).
+/// Whether a process with this pid exists (signal 0) and is not a zombie
+/// (a detached aetherd is reaped by whoever adopted it, maybe late).
 pub fn pid_alive(pid: i32) -> bool {
+    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // Format: "pid (comm) S ..." — comm may hold spaces or parentheses.
+        if let Some(state) = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+        {
+            if state == "Z" || state == "X" {
+                return false;
+            }
+        }
+    }
     // SAFETY: kill with signal 0 performs only the permission and existence
     // check; it sends nothing and touches no memory of ours.
     let rc = unsafe { libc::kill(pid, 0) };

@@ -1,2 +1,11 @@
+//! `aetherd`, the Aetherless data plane, as a library: the binary in
+//! `main.rs` only parses options and calls [`daemon::run`].
+
+pub mod control_loop;
+pub mod core;
+pub mod daemon;
 pub mod gateway;
 pub mod instance;
+pub mod lifecycle_metrics;
+pub mod metrics_http;
+pub mod pidfile;

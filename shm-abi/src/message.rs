@@ -336,8 +336,9 @@ pub struct FunctionStatus {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[rkyv(derive(Debug))]
 pub struct InstanceStatus {
-    /// Instance id, unique within the `aetherd` run.
-    pub instance_id: u64,
+    /// Instance id as the handler sees it in `AETHER_INSTANCE_ID`
+    /// (`<function>-c<cpu>-<n>`), unique within the `aetherd` run.
+    pub instance_id: String,
     /// Core the instance is pinned to.
     pub core: u32,
     /// Lifecycle state, e.g. `"running"`, `"warm"`, `"restoring"`.

@@ -66,20 +66,15 @@ fn error_kind() -> impl Strategy<Value = ErrorKind> {
 }
 
 fn instance() -> impl Strategy<Value = InstanceStatus> {
-    (
-        any::<u64>(),
-        any::<u32>(),
-        text(),
-        any::<u32>(),
-        any::<u32>(),
-    )
-        .prop_map(|(instance_id, core, state, pid, restarts)| InstanceStatus {
+    (text(), any::<u32>(), text(), any::<u32>(), any::<u32>()).prop_map(
+        |(instance_id, core, state, pid, restarts)| InstanceStatus {
             instance_id,
             core,
             state,
             pid,
             restarts,
-        })
+        },
+    )
 }
 
 fn function_status() -> impl Strategy<Value = FunctionStatus> {
@@ -389,7 +384,7 @@ fn one_reply_per_variant() -> Vec<Reply> {
                 id: "hello-world".into(),
                 trigger_port: 8080,
                 instances: vec![InstanceStatus {
-                    instance_id: 7,
+                    instance_id: "hello-world-c1-7".into(),
                     core: 1,
                     state: "running".into(),
                     pid: 4321,

@@ -70,6 +70,8 @@ pub struct CoreMetrics {
     upstream_connects: Counter,
     retries: Counter,
     latency: RefCell<Vec<(String, Hdr<u64>)>>,
+    /// Every (function, status) pair answered so far, for `status_counts`.
+    seen_statuses: RefCell<Vec<(String, u16)>>,
 }
 
 /// A copy of one function's latency histogram on one core.
@@ -130,6 +132,7 @@ impl CoreMetrics {
             upstream_connects: Counter::default(),
             retries: Counter::default(),
             latency: RefCell::new(Vec::new()),
+            seen_statuses: RefCell::new(Vec::new()),
         }
     }
 
@@ -201,6 +204,20 @@ impl CoreMetrics {
             .get()
     }
 
+    /// Requests answered for `function` on this core, by status, sorted by status.
+    #[must_use]
+    pub fn status_counts(&self, function: &str) -> Vec<(u16, u64)> {
+        let mut out: Vec<(u16, u64)> = self
+            .seen_statuses
+            .borrow()
+            .iter()
+            .filter(|(f, _)| f == function)
+            .map(|(f, s)| (*s, self.requests(f, *s)))
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
     /// Copies of the latency histograms of every function on this core.
     #[must_use]
     pub fn latency_snapshot(&self) -> Vec<LatencySnapshot> {
@@ -259,6 +276,13 @@ impl FunctionMetrics {
         });
         c.inc();
         statuses.push((status, c));
+        let mut seen = self.core.seen_statuses.borrow_mut();
+        if !seen
+            .iter()
+            .any(|(f, s)| *f == self.function && *s == status)
+        {
+            seen.push((self.function.clone(), status));
+        }
     }
 
     /// A request joined the queue.

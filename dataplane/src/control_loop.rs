@@ -1,0 +1,341 @@
+//! The control loop: answers aetherctl's requests from the control ring.
+//!
+//! It runs on aetherd's main thread, blocked in the ring's futex wait while
+//! idle (it wakes every `SIGNAL_POLL` to notice SIGTERM). Commands that touch
+//! functions are fanned out to every core over its command channel, and the
+//! cores' answers are merged here; nothing on a core's request path ever
+//! waits for this thread.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use shm_abi::channel::ControlServer;
+use shm_abi::message::{
+    self, Command, ErrorKind, FunctionStats, FunctionStatus, Reply, ReplyBody, Request,
+};
+
+use crate::core::{CoreHandle, FunctionCoreStats};
+use crate::daemon::{terminated, SIGNAL_POLL};
+use crate::instance::logs;
+
+/// State of the control loop: the deployed configuration and the cores.
+#[derive(Debug)]
+pub struct ControlLoop {
+    config: config::Config,
+    cores: Vec<CoreHandle>,
+    started: Instant,
+    metrics_addr: Option<SocketAddr>,
+}
+
+impl ControlLoop {
+    pub fn new(config: config::Config, cores: Vec<CoreHandle>, started: Instant) -> Self {
+        ControlLoop {
+            config,
+            cores,
+            started,
+            metrics_addr: None,
+        }
+    }
+
+    pub fn set_metrics_addr(&mut self, addr: SocketAddr) {
+        self.metrics_addr = Some(addr);
+    }
+
+    /// Deploy the start-up configuration's functions on every core; returns a
+    /// one-line summary for the log.
+    pub fn deploy_initial(&mut self, cfg: &config::Config) -> String {
+        let mut summary = Vec::new();
+        for f in &cfg.functions {
+            match self.apply_function(f) {
+                Ok(()) => summary.push(format!("{} on :{}", f.id, f.trigger_port)),
+                Err(e) => summary.push(format!("{} FAILED: {e}", f.id)),
+            }
+        }
+        summary.join(", ")
+    }
+
+    /// Serve requests until Shutdown or a termination signal; returns the drain deadline to use.
+    pub fn serve(&mut self, mut server: ControlServer, terminate: &AtomicBool) -> Duration {
+        let default_drain = self.config.orchestrator.drain_timeout();
+        loop {
+            if terminated(terminate) {
+                return default_drain;
+            }
+            let bytes = match server.recv(Some(SIGNAL_POLL)) {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!("control ring: {e}");
+                    continue;
+                }
+            };
+            // An undecodable request gets no reply: the client's timeout covers it
+            // (see shm_abi::message).
+            let Request { id, command } = match message::decode_request(&bytes) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!("dropping an invalid control request: {e}");
+                    continue;
+                }
+            };
+            let (body, stop) = self.handle(command);
+            let reply = Reply { id, body };
+            match message::encode_reply(&reply) {
+                Ok(bytes) => {
+                    if let Err(e) = server.reply(&bytes) {
+                        tracing::warn!("cannot send reply {id}: {e}");
+                    }
+                }
+                Err(e) => tracing::error!("cannot encode reply {id}: {e}"),
+            }
+            if let Some(drain) = stop {
+                return drain;
+            }
+        }
+    }
+
+    /// Answer one command; `Some(drain)` when aetherd should stop after replying.
+    fn handle(&mut self, command: Command) -> (ReplyBody, Option<Duration>) {
+        match command {
+            Command::Ping => (
+                ReplyBody::Pong {
+                    pid: std::process::id(),
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                    cores: self
+                        .cores
+                        .iter()
+                        .map(|c| u32::try_from(c.cpu()).unwrap_or(u32::MAX))
+                        .collect(),
+                },
+                None,
+            ),
+            Command::Deploy {
+                config_yaml,
+                source_path,
+                dry_run,
+            } => (self.deploy(&config_yaml, &source_path, dry_run), None),
+            Command::Undeploy { function_id } => (self.undeploy(&function_id), None),
+            Command::List => (
+                ReplyBody::List {
+                    functions: self.list(),
+                },
+                None,
+            ),
+            Command::Stats => (self.stats(), None),
+            Command::Logs {
+                function_id,
+                tail_lines,
+            } => (self.logs(&function_id, tail_lines), None),
+            Command::Shutdown { drain_deadline_ms } => (
+                ReplyBody::ShuttingDown,
+                Some(Duration::from_millis(drain_deadline_ms)),
+            ),
+        }
+    }
+
+    fn deploy(&mut self, yaml: &str, source_path: &str, dry_run: bool) -> ReplyBody {
+        let source = Path::new(source_path);
+        let base_dir = source.parent().unwrap_or(Path::new("/"));
+        let new = match config::load_str(yaml, source_path, base_dir) {
+            Ok(c) => c,
+            Err(errors) => return error(ErrorKind::InvalidConfig, errors.to_string()),
+        };
+        // Ports must stay unique across what runs and what arrives.
+        for f in &new.functions {
+            if let Some(other) = self
+                .config
+                .functions
+                .iter()
+                .find(|o| o.trigger_port == f.trigger_port && o.id != f.id)
+            {
+                return error(
+                    ErrorKind::InvalidConfig,
+                    format!(
+                        "{source_path}: function '{}' wants trigger_port {}, which function '{}' already uses",
+                        f.id, f.trigger_port, other.id
+                    ),
+                );
+            }
+        }
+        // Deploy adds or updates; functions absent from the file keep running
+        // (remove them with `aetherctl undeploy`).
+        let mut merged = self.config.clone();
+        for f in &new.functions {
+            match merged.functions.iter_mut().find(|o| o.id == f.id) {
+                Some(slot) => *slot = f.clone(),
+                None => merged.functions.push(f.clone()),
+            }
+        }
+        let diff = config::Config::diff(&self.config, &merged);
+        let updated: Vec<String> = diff.updated.iter().map(|u| u.id.clone()).collect();
+        if !dry_run {
+            let mut failures = Vec::new();
+            for id in diff.added.iter().chain(updated.iter()) {
+                if let Some(f) = merged.function(id).cloned() {
+                    if let Err(e) = self.apply_function(&f) {
+                        failures.push(format!("{id}: {e}"));
+                    }
+                }
+            }
+            if !failures.is_empty() {
+                return error(ErrorKind::Internal, failures.join("; "));
+            }
+        }
+        ReplyBody::Deployed {
+            added: diff.added,
+            updated,
+            removed: Vec::new(),
+            unchanged: diff.unchanged,
+        }
+    }
+
+    /// Start or replace one function on every core, recording it in the deployed config.
+    fn apply_function(&mut self, f: &config::Function) -> Result<(), String> {
+        let pending: Vec<_> = self
+            .cores
+            .iter()
+            .map(|core| (core.cpu(), core.deploy(f.clone())))
+            .collect();
+        let mut errors = Vec::new();
+        for (cpu, p) in pending {
+            if let Err(e) = p.wait() {
+                errors.push(format!("cpu {cpu}: {e}"));
+            }
+        }
+        match self.config.functions.iter_mut().find(|o| o.id == f.id) {
+            Some(slot) => *slot = f.clone(),
+            None => self.config.functions.push(f.clone()),
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    fn undeploy(&mut self, id: &str) -> ReplyBody {
+        if self.config.function(id).is_none() {
+            return error(
+                ErrorKind::NotFound,
+                format!("no function '{id}' is deployed; see `aetherctl list`"),
+            );
+        }
+        for core in &self.cores {
+            core.undeploy(id);
+        }
+        self.config.functions.retain(|f| f.id != id);
+        ReplyBody::Deployed {
+            added: Vec::new(),
+            updated: Vec::new(),
+            removed: vec![id.to_string()],
+            unchanged: Vec::new(),
+        }
+    }
+
+    fn list(&self) -> Vec<FunctionStatus> {
+        let mut out: Vec<FunctionStatus> = self
+            .config
+            .functions
+            .iter()
+            .map(|f| FunctionStatus {
+                id: f.id.clone(),
+                trigger_port: f.trigger_port,
+                instances: Vec::new(),
+            })
+            .collect();
+        for core in &self.cores {
+            for (function, instances) in core.list() {
+                if let Some(status) = out.iter_mut().find(|s| s.id == function) {
+                    status.instances.extend(instances);
+                }
+            }
+        }
+        out
+    }
+
+    fn stats(&self) -> ReplyBody {
+        let mut merged: Vec<(String, FunctionCoreStats)> = self
+            .config
+            .functions
+            .iter()
+            .map(|f| (f.id.clone(), FunctionCoreStats::default()))
+            .collect();
+        for core in &self.cores {
+            for (function, stats) in core.stats() {
+                if let Some((_, m)) = merged.iter_mut().find(|(id, _)| *id == function) {
+                    m.merge(&stats);
+                }
+            }
+        }
+        let functions = merged
+            .into_iter()
+            .map(|(id, s)| s.into_report(id))
+            .collect();
+        let uptime_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        ReplyBody::Stats {
+            functions,
+            uptime_ms,
+        }
+    }
+
+    fn logs(&self, id: &str, lines: u32) -> ReplyBody {
+        if self.config.function(id).is_none() {
+            return error(
+                ErrorKind::NotFound,
+                format!("no function '{id}' is deployed; see `aetherctl list`"),
+            );
+        }
+        match logs::tail(&self.config.orchestrator.log_dir, id, lines as usize) {
+            Ok(lines) => ReplyBody::Logs {
+                lines: lines
+                    .into_iter()
+                    .map(|l| format!("[{}] {}", l.instance, l.line))
+                    .collect(),
+            },
+            Err(e) => error(ErrorKind::Internal, e.to_string()),
+        }
+    }
+
+    /// Drain every core until `deadline`, stop all handlers, join the executors.
+    pub fn shutdown(self, deadline: Instant) {
+        for core in &self.cores {
+            core.begin_shutdown(deadline);
+        }
+        for core in self.cores {
+            core.join();
+        }
+    }
+}
+
+fn error(kind: ErrorKind, message: String) -> ReplyBody {
+    ReplyBody::Error { kind, message }
+}
+
+/// Percentiles of a latency histogram in microseconds (recorded in µs).
+pub(crate) fn percentiles(h: &Histogram<u64>) -> (f64, f64, f64, f64) {
+    if h.is_empty() {
+        return (0.0, 0.0, 0.0, 0.0);
+    }
+    let q = |p: f64| h.value_at_quantile(p) as f64;
+    (q(0.5), q(0.99), q(0.999), h.max() as f64)
+}
+
+impl FunctionCoreStats {
+    fn into_report(self, id: String) -> FunctionStats {
+        let (p50, p99, p999, max) = percentiles(&self.latency_us);
+        FunctionStats {
+            id,
+            requests_total: self.by_status.iter().map(|(_, n)| n).sum(),
+            by_status: self.by_status,
+            in_flight: self.in_flight,
+            queue_depth: self.queue_depth,
+            latency_p50_us: p50,
+            latency_p99_us: p99,
+            latency_p999_us: p999,
+            latency_max_us: max,
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! aetherd's life: start-up, the control loop, shutdown.
+//!
+//! ```text
+//! load config ─► state/log dirs ─► pidfile (flock) ─► clean up a dead aetherd's
+//! leftovers (control segment, cgroups, bridge) ─► placement plan (numa) ─►
+//! one glommio executor per planned CPU ─► deploy the config's functions on
+//! every core ─► metrics endpoint ─► control segment (readiness: aetherctl
+//! sees it and gets a Pong) ─► control loop ─► drain ─► stop handlers ─►
+//! remove control segment and pidfile
+//! ```
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus_client::registry::Registry;
+use shm_abi::channel::ControlServer;
+
+use crate::control_loop::ControlLoop;
+use crate::core::{CoreHandle, CoreSetup, Shared};
+use crate::metrics_http::MetricsServer;
+use crate::pidfile::PidFile;
+
+/// Command-line options of aetherd (see `main.rs`).
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    pub config: PathBuf,
+    pub state_dir: Option<PathBuf>,
+    pub warm_pool: bool,
+    pub xdp: Option<String>,
+}
+
+/// Why aetherd stopped with an error. `exit_code` maps each to the code
+/// documented in the README.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Config(config::ConfigErrors),
+    #[error(transparent)]
+    PidFile(#[from] crate::pidfile::PidFileError),
+    #[error("cannot create {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("placement: {0}")]
+    Placement(String),
+    #[error("control segment: {0}")]
+    Control(#[from] shm_abi::channel::ChannelError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics_http::MetricsError),
+    #[error("executor on cpu {cpu}: {reason}")]
+    Executor { cpu: usize, reason: String },
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl DaemonError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            DaemonError::Config(_) => 3,
+            DaemonError::PidFile(crate::pidfile::PidFileError::AlreadyRunning { .. }) => 4,
+            _ => 1,
+        }
+    }
+}
+
+/// Size of each of the control channel's two rings.
+const CONTROL_RING_BYTES: usize = 2 << 20;
+
+/// Start aetherd and run it until `aetherctl down`, SIGTERM or SIGINT.
+pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
+    let started = Instant::now();
+    let mut cfg = config::load_file(&opts.config).map_err(DaemonError::Config)?;
+    if let Some(dir) = &opts.state_dir {
+        cfg.orchestrator.state_dir = dir.clone();
+    }
+    if opts.xdp.is_some() || cfg.orchestrator.xdp.is_some() {
+        return Err(DaemonError::Unsupported(
+            "XDP is not available in this build yet (issue 5); remove orchestrator.xdp / --xdp"
+                .into(),
+        ));
+    }
+    if opts.warm_pool {
+        tracing::warn!("--warm-pool: CRIU warm pools are not in this build yet (issue 4); instances are spawned");
+    }
+    let o = cfg.orchestrator.clone();
+    for dir in [&o.state_dir, &o.log_dir] {
+        create_private_dir(dir)?;
+    }
+    let _pidfile = PidFile::acquire(&o.state_dir.join(config::runtime::PIDFILE))?;
+    let control_path = o.state_dir.join(config::runtime::CONTROL_SEGMENT);
+    if control_path.exists() {
+        tracing::info!(
+            "removing the control segment of a previous aetherd: {}",
+            control_path.display()
+        );
+        let _ = std::fs::remove_file(&control_path);
+    }
+    let shared = Shared::prepare(&cfg)?;
+
+    let terminate = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, terminate.clone())
+            .map_err(|e| DaemonError::Unsupported(format!("cannot install signal handler: {e}")))?;
+    }
+
+    let cpus = crate::core::plan_cpus(&o.cores).map_err(DaemonError::Placement)?;
+    let mut registry = Registry::with_prefix("aether");
+    let mut cores = Vec::with_capacity(cpus.len());
+    for (index, executor) in cpus.iter().enumerate() {
+        let setup = CoreSetup::new(index, executor.clone(), &shared, &mut registry);
+        cores.push(
+            CoreHandle::spawn(setup).map_err(|reason| DaemonError::Executor {
+                cpu: executor.cpu,
+                reason,
+            })?,
+        );
+    }
+    let registry = Arc::new(registry);
+    tracing::info!(
+        "{} executor(s) on cpu(s) {:?}",
+        cores.len(),
+        cores.iter().map(|c| c.cpu()).collect::<Vec<_>>()
+    );
+
+    let mut control = ControlLoop::new(cfg.clone(), cores, started);
+    let initial = control.deploy_initial(&cfg);
+    tracing::info!("deployed {} function(s): {initial}", cfg.functions.len());
+
+    let metrics = MetricsServer::start(o.metrics_addr, registry)?;
+    tracing::info!("metrics on http://{}/metrics", metrics.local_addr());
+    control.set_metrics_addr(metrics.local_addr());
+
+    let server = ControlServer::create(&control_path, CONTROL_RING_BYTES)?;
+    tracing::info!("ready: control segment {}", control_path.display());
+    let drain = control.serve(server, &terminate);
+
+    tracing::info!("shutting down: draining for up to {} ms", drain.as_millis());
+    control.shutdown(Instant::now() + drain);
+    let _ = std::fs::remove_file(&control_path);
+    drop(metrics);
+    shared.teardown();
+    tracing::info!("stopped after {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Create `dir` (and parents) and make it accessible to root only.
+fn create_private_dir(dir: &std::path::Path) -> Result<(), DaemonError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |source| DaemonError::Dir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    Ok(())
+}
+
+/// How often the control loop looks at the signal flag while idle.
+pub(crate) const SIGNAL_POLL: Duration = Duration::from_millis(100);
+
+/// Whether SIGTERM or SIGINT arrived.
+pub(crate) fn terminated(flag: &AtomicBool) -> bool {
+    // SYNC: Relaxed: the flag is set by signal-hook's handler and carries no data.
+    flag.load(Ordering::Relaxed)
+}
