@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Handler of the end-to-end tests (dataplane/tests/e2e.rs).
 
-GET /crash         -> the process exits at once (code 7) without answering.
+GET|POST /crash    -> the process exits at once (code 7) without answering.
 GET /hog           -> allocates and touches 300 MB (above a 64 MB limit: OOM kill).
 GET /slow?ms=N     -> sleeps N ms (default 3000), then answers 200.
 GET /<anything>    -> 200 JSON: message, path, E2E_VERSION, AETHER_INSTANCE_ID, pid.
@@ -20,6 +20,10 @@ from urllib.parse import parse_qs, urlparse
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle on, the body waits for
+    # the ACK of the headers, which a delayed ACK holds for 40 ms per request
+    # on a keep-alive connection.
+    disable_nagle_algorithm = True
 
     def do_GET(self):
         url = urlparse(self.path)
@@ -45,6 +49,11 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def do_POST(self):
+        # Same paths as GET (POST /crash is a request the gateway must not replay).
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.do_GET()
 
     def log_message(self, format, *args):
         pass

@@ -69,6 +69,33 @@ fn restarts(list: &Json, id: &str) -> u64 {
         .sum()
 }
 
+/// Wait until function `id` restarted an instance and every executor core
+/// again has a ready instance; panics with `list` and the log otherwise.
+fn await_restarted(d: &Daemon, id: &str) {
+    let cores = cores_from_up(&d.up_output);
+    let mut list = Json::Null;
+    let ok = wait_for(Duration::from_secs(15), || {
+        list = d.list();
+        let instances = function_entry(&list, id)
+            .and_then(|f| f.get("instances"))
+            .map(Json::as_array)
+            .unwrap_or_default();
+        let ready_on = |cpu: u64| {
+            instances.iter().any(|i| {
+                i.get("core").and_then(Json::as_u64) == Some(cpu)
+                    && i.get("state").and_then(Json::as_str) == Some("ready")
+            })
+        };
+        restarts(&list, id) >= 1 && cores.iter().all(|c| ready_on(*c))
+    });
+    assert!(
+        ok,
+        "[{}] {id}: no restarted, ready instance on every core {cores:?} within 15 s: {list:?}\n{}",
+        d.name,
+        d.log_report()
+    );
+}
+
 /// The original quickstart: hello.py, up, request, list, stats, logs, down.
 #[test]
 fn quickstart_serves_lists_counts_logs_and_stops_cleanly() {
@@ -461,9 +488,11 @@ fn handler_crash_under_load_answers_every_request_and_restarts() {
 
     let start_at = Instant::now();
     let stop_at = start_at + Duration::from_secs(3);
-    let outcomes: Arc<Mutex<Vec<(usize, Duration, Outcome)>>> = Arc::default();
+    // (client, sent at since start, took, path, outcome)
+    type Record = (usize, Duration, Duration, &'static str, Outcome);
+    let outcomes: Arc<Mutex<Vec<Record>>> = Arc::default();
     let crash: Arc<Mutex<Option<Outcome>>> = Arc::default();
-    eprintln!("[{T}] 4 clients for 3 s; one sends /crash at 1 s");
+    eprintln!("[{T}] 4 clients for 3 s; one sends POST /crash at 1 s");
     let threads: Vec<_> = (0..4)
         .map(|t| {
             let outcomes = outcomes.clone();
@@ -484,7 +513,17 @@ fn handler_crash_under_load_answers_every_request_and_restarts() {
                         Some(c) => Ok(c),
                         None => Conn::open(port, client_timeout),
                     }
-                    .and_then(|mut c| c.get(path).map(|r| (c, r)));
+                    .and_then(|mut c| {
+                        // POST: not idempotent, so the gateway must not replay
+                        // it on another instance (a replayed GET /crash would
+                        // kill that one too).
+                        let r = if path == "/crash" {
+                            c.raw(b"POST /crash HTTP/1.1\r\nHost: e2e\r\nContent-Length: 0\r\n\r\n")
+                        } else {
+                            c.get(path)
+                        };
+                        r.map(|r| (c, r))
+                    });
                     let outcome = match result {
                         Ok((c, r)) => {
                             if !r.closes() {
@@ -497,7 +536,8 @@ fn handler_crash_under_load_answers_every_request_and_restarts() {
                     if path == "/crash" {
                         *crash.lock().unwrap() = Some(outcome.clone());
                     }
-                    outcomes.lock().unwrap().push((t, began.elapsed(), outcome));
+                    let record = (t, began - start_at, began.elapsed(), path, outcome);
+                    outcomes.lock().unwrap().push(record);
                 }
             })
         })
@@ -509,11 +549,14 @@ fn handler_crash_under_load_answers_every_request_and_restarts() {
     let mut by_status: BTreeMap<u16, usize> = BTreeMap::new();
     let mut failures = Vec::new();
     let mut slowest = Duration::ZERO;
-    for (t, took, o) in &outcomes {
+    for (t, at, took, path, o) in &outcomes {
         slowest = slowest.max(*took);
         match o {
             Outcome::Status(s) => *by_status.entry(*s).or_default() += 1,
             Outcome::Failed(e) => failures.push(format!("client {t} after {took:?}: {e}")),
+        }
+        if !matches!(o, Outcome::Status(200)) {
+            eprintln!("[{T}]   client {t} {path} sent at {at:?}: {o:?} after {took:?}");
         }
     }
     eprintln!(
@@ -523,6 +566,13 @@ fn handler_crash_under_load_answers_every_request_and_restarts() {
         failures.len(),
         crash.lock().unwrap()
     );
+    for line in d
+        .log()
+        .lines()
+        .filter(|l| !l.contains(" INFO ") || l.contains("e2e-crash-"))
+    {
+        eprintln!("[{T}]   log: {line}");
+    }
     assert!(
         failures.is_empty(),
         "requests without an answer: {failures:#?}\n{}",
@@ -551,15 +601,30 @@ fn handler_crash_under_load_answers_every_request_and_restarts() {
             "/crash (the instance died with the request written) should get 502, got {other:?}"
         ),
     }
+    // concurrency is 1: no other request was on the instance /crash killed,
+    // so none of them may fail: each is served by the other core's instance
+    // or waits in the queue for the restarted one.
+    let load_502: Vec<String> = outcomes
+        .iter()
+        .filter(|(_, _, _, path, o)| *path == "/load" && matches!(o, Outcome::Status(502)))
+        .map(|(t, at, took, _, _)| format!("client {t} sent at {at:?}, 502 after {took:?}"))
+        .collect();
+    assert!(
+        load_502.is_empty(),
+        "requests that never reached the crashing handler got 502 (should wait for the restart): {load_502:#?}\n{}",
+        d.log_report()
+    );
 
-    eprintln!("[{T}] after the crash: the function serves and list shows the restart");
+    eprintln!("[{T}] after the crash: list shows the restart and the function serves");
+    await_restarted(&d, "e2e-crash");
     await_serving(&d, "e2e-crash");
-    let mut list = Json::Null;
-    let restarted = wait_for(Duration::from_secs(10), || {
-        list = d.list();
-        restarts(&list, "e2e-crash") >= 1
-    });
-    assert!(restarted, "no restart in list after the crash: {list:?}");
+    let crashes = metric_sum(&d.metrics().unwrap(), "aether_instance_crashes_total");
+    assert_eq!(
+        crashes,
+        Some(1.0),
+        "one POST /crash must crash exactly one instance (not be replayed)\n{}",
+        d.log_report()
+    );
     let stats = d.stats();
     assert!(
         status_count(&stats, "e2e-crash", 502) >= 1,
@@ -610,6 +675,7 @@ fn memory_limit_oom_kill_is_reported_and_function_recovers() {
         .collect();
     eprintln!("[{T}] aetherd.log OOM lines: {log_oom:#?}");
 
+    await_restarted(&d, "e2e-hog");
     await_serving(&d, "e2e-hog");
     let restarts_total = metric_sum(&d.metrics().unwrap(), "aether_instance_restarts_total");
     assert!(
