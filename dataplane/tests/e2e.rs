@@ -28,8 +28,11 @@ fn start(name: &str, functions: Vec<FunctionSpec>) -> Daemon {
 /// Wait until function `id` answers `GET /` with 200 (its instances are up).
 fn await_serving(d: &Daemon, id: &str) -> http::Response {
     let port = d.port(id);
-    http::get_until(port, "/", 200, Duration::from_secs(15))
-        .unwrap_or_else(|e| panic!("[{}] {id} never served: {e}\n{}", d.name, d.log_report()))
+    let r = http::get_until(port, "/", 200, Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("[{}] {id} never served: {e}\n{}", d.name, d.log_report()));
+    // Records the handlers' cgroups, for clean-up if aetherd leaves them.
+    d.handler_pids();
+    r
 }
 
 /// Root check, then start one function and wait until it serves: the daemon
@@ -185,6 +188,11 @@ fn quickstart_serves_lists_counts_logs_and_stops_cleanly() {
     );
     assert!(missing.stderr.contains("no-such-function"), "{missing}");
 
+    let cgroups: Vec<std::path::PathBuf> = handler_pids
+        .iter()
+        .flat_map(|p| common::cgroup_dirs(*p))
+        .collect();
+    eprintln!("[{T}] handler cgroups: {cgroups:?}");
     let aetherd = d.pid().expect("pidfile while running");
     let out = d.down();
     assert!(
@@ -216,6 +224,19 @@ fn quickstart_serves_lists_counts_logs_and_stops_cleanly() {
         http::refused(port),
         "port {port} still accepts connections after down"
     );
+    // Instance, function and aetherd group directories: all removed by down.
+    let mut left: Vec<&std::path::Path> = cgroups
+        .iter()
+        .flat_map(|c| c.ancestors().take(3))
+        .filter(|c| c.exists())
+        .collect();
+    left.sort_unstable();
+    left.dedup();
+    assert!(
+        left.is_empty(),
+        "cgroup directories left after down: {left:?}"
+    );
+
     eprintln!(
         "[{T}] down: aetherd, control segment and {} handler(s) gone",
         handler_pids.len()
@@ -260,6 +281,7 @@ fn deploy_adds_updates_and_undeploy_removes() {
     );
     let r = http::get_until(other.port, "/v", 200, Duration::from_secs(15))
         .unwrap_or_else(|e| panic!("{e}\n{}", d.log_report()));
+    d.handler_pids();
     let body = Json::parse(&r.text()).unwrap();
     assert_eq!(
         body.get("version").and_then(Json::as_str),

@@ -274,6 +274,9 @@ pub struct Daemon {
     /// stdout of the successful `up`.
     pub up_output: String,
     stopped: bool,
+    /// Cgroup directories of every handler seen (see `handler_pids`), removed
+    /// on drop if aetherd left them behind.
+    cgroups: std::sync::Mutex<std::collections::BTreeSet<PathBuf>>,
 }
 
 impl Daemon {
@@ -289,6 +292,8 @@ impl Daemon {
         eprintln!("[{name}] {}", out.stdout.trim());
         d.up_output = out.stdout;
         d.stopped = false;
+        // Records the handlers' cgroups, for clean-up if aetherd leaves them.
+        d.handler_pids();
         Ok(d)
     }
 
@@ -322,6 +327,7 @@ impl Daemon {
             up_output: String::new(),
             // Nothing to stop until `up` ran.
             stopped: true,
+            cgroups: std::sync::Mutex::default(),
         };
         d.write_config(&d.config.clone(), &d.functions.clone());
         d
@@ -491,7 +497,11 @@ impl Daemon {
 
     /// Live handler processes of this daemon (by `E2E_TAG`).
     pub fn handler_pids(&self) -> Vec<i32> {
-        pids_with_env("E2E_TAG", &self.tag)
+        let pids = pids_with_env("E2E_TAG", &self.tag);
+        if let Ok(mut seen) = self.cgroups.lock() {
+            seen.extend(pids.iter().flat_map(|p| cgroup_dirs(*p)));
+        }
+        pids
     }
 
     /// `aetherctl down`; marks the daemon stopped when it succeeds.
@@ -527,7 +537,6 @@ impl Daemon {
     /// Kill whatever of this daemon still runs and remove its cgroups.
     fn force_cleanup(&self) {
         let handlers = self.handler_pids();
-        let cgroups: Vec<PathBuf> = handlers.iter().flat_map(|p| cgroup_dirs(*p)).collect();
         if let Some(pid) = self.pid().filter(|p| alive(*p)) {
             eprintln!("[{}] cleanup: SIGKILL aetherd pid {pid}", self.name);
             kill(pid, libc::SIGKILL);
@@ -542,14 +551,25 @@ impl Daemon {
         wait_for(Duration::from_secs(3), || {
             self.handler_pids().is_empty() && self.pid().is_none_or(|p| !alive(p))
         });
-        for dir in cgroups {
-            // Instance group, then its function's group, then aetherd's group;
-            // rmdir fails harmlessly on a group that still has members.
+        let _ = std::fs::remove_file(self.control_segment());
+    }
+
+    /// Remove the cgroup directories of this daemon's handlers that are
+    /// still there: instance, then function, then aetherd's group (rmdir
+    /// fails harmlessly on a group that still has members or children).
+    fn remove_cgroups(&self) {
+        let seen = self.cgroups.lock().map(|s| s.clone()).unwrap_or_default();
+        for dir in seen {
             for d in dir.ancestors().take(3) {
-                let _ = std::fs::remove_dir(d);
+                if std::fs::remove_dir(d).is_ok() {
+                    eprintln!(
+                        "[{}] cleanup: removed leftover cgroup {}",
+                        self.name,
+                        d.display()
+                    );
+                }
             }
         }
-        let _ = std::fs::remove_file(self.control_segment());
     }
 }
 
@@ -570,11 +590,13 @@ impl Drop for Daemon {
         if !self.handler_pids().is_empty() || self.pid().is_some_and(alive) {
             self.force_cleanup();
         }
+        self.remove_cgroups();
     }
 }
 
-/// The aetherless cgroup directories process `pid` is in (v1 memory and v2).
-fn cgroup_dirs(pid: i32) -> Vec<PathBuf> {
+/// The aetherless cgroup directories process `pid` is in (v1 memory and v2):
+/// `<hierarchy>/<aetherd group>/<function>/<instance>`.
+pub fn cgroup_dirs(pid: i32) -> Vec<PathBuf> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
     let mut dirs = Vec::new();
     for line in text.lines() {
