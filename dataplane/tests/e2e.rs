@@ -178,6 +178,17 @@ fn quickstart_serves_lists_counts_logs_and_stops_cleanly() {
         "requests_total {total:?} < 200s counted {ok}"
     );
 
+    eprintln!("[{T}] GET /metrics");
+    let metrics = d.metrics().unwrap_or_else(|e| panic!("{e}"));
+    let requests = metric_sum(&metrics, "aether_requests_total");
+    assert!(requests >= Some(1.0), "aether_requests_total {requests:?}");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("aether_requests_total{") && l.contains("hello-api")),
+        "no aether_requests_total sample for hello-api"
+    );
+
     eprintln!("[{T}] aetherctl logs hello-api");
     d.ctl_ok(&["logs", "hello-api", "-n", "20"]);
     let missing = d.ctl(&["logs", "no-such-function"]);
@@ -484,6 +495,13 @@ fn malformed_http_gets_400_and_431_and_gateway_keeps_serving() {
             Some(format!("/after/{i}").as_str())
         );
     }
+    eprintln!("[{T}] aetherctl logs e2e-http: the handlers' stdout and stderr");
+    let logs = d.ctl_ok(&["logs", "e2e-http", "-n", "50"]);
+    assert!(
+        logs.contains("test-e2e-handler up: instance=")
+            && logs.contains("test-e2e-handler stderr line"),
+        "logs lack the handler's stdout/stderr lines: {logs:?}"
+    );
     let stats = d.stats();
     assert!(
         status_count(&stats, "e2e-http", 400) >= 3,
@@ -796,5 +814,130 @@ fn slow_handler_gets_504_at_timeout() {
     assert!(
         status_count(&stats, "e2e-slow", 504) >= 1,
         "504 not counted: {stats:?}"
+    );
+}
+
+/// `down` lets an in-flight request finish, then stops everything.
+#[test]
+fn down_drains_in_flight_request_then_stops() {
+    const T: &str = "drain";
+    let Some((mut d, port)) = serve_one(T, FunctionSpec::new("e2e-drain").timeout_ms(10_000))
+    else {
+        return;
+    };
+    let handlers = d.handler_pids();
+    eprintln!("[{T}] GET /slow?ms=1500, then `down --drain-ms 2000` while it runs");
+    let slow = std::thread::spawn(move || {
+        let began = Instant::now();
+        let r = http::get(port, "/slow?ms=1500", Duration::from_secs(10));
+        (
+            r.map(|r| r.status).map_err(|e| e.to_string()),
+            began.elapsed(),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let out = d.down();
+    let (status, took) = slow.join().unwrap();
+    eprintln!(
+        "[{T}] in-flight request -> {status:?} after {took:?}; down -> {:?}",
+        out.code
+    );
+    assert!(out.ok(), "`down` failed: {out}\n{}", d.log_report());
+    assert_eq!(
+        status,
+        Ok(200),
+        "the in-flight request was not drained\n{}",
+        d.log_report()
+    );
+    assert!(
+        http::refused(port),
+        "port {port} still accepts connections after down"
+    );
+    let left: Vec<i32> = handlers
+        .iter()
+        .copied()
+        .filter(|p| common::alive(*p))
+        .collect();
+    assert!(left.is_empty(), "handlers {left:?} outlived down");
+}
+
+/// SIGTERM stops aetherd like `down`: no handler, no control segment left.
+#[test]
+fn sigterm_stops_daemon_and_handlers() {
+    const T: &str = "sigterm";
+    let Some((mut d, port)) = serve_one(T, FunctionSpec::new("e2e-term")) else {
+        return;
+    };
+    let handlers = d.handler_pids();
+    let aetherd = d.pid().expect("pidfile");
+    eprintln!("[{T}] kill -TERM {aetherd}; handlers {handlers:?}");
+    common::kill(aetherd, libc::SIGTERM);
+    let stopped = wait_for(Duration::from_secs(15), || !common::alive(aetherd));
+    assert!(
+        stopped,
+        "aetherd {aetherd} still runs 15 s after SIGTERM\n{}",
+        d.log_report()
+    );
+    d.mark_stopped();
+    let left: Vec<i32> = handlers
+        .iter()
+        .copied()
+        .filter(|p| common::alive(*p))
+        .collect();
+    assert!(left.is_empty(), "handlers {left:?} outlived SIGTERM");
+    assert!(
+        !d.control_segment().exists(),
+        "control segment left after SIGTERM"
+    );
+    assert!(http::refused(port), "port {port} still accepts connections");
+    let out = d.ctl(&["list"]);
+    assert_eq!(out.code, Some(4), "list after SIGTERM: {out}");
+}
+
+/// Many aetherctl processes at once: every one gets its own correct answer.
+#[test]
+fn concurrent_aetherctl_calls_all_succeed() {
+    const T: &str = "concurrent-ctl";
+    let Some((d, _)) = serve_one(T, FunctionSpec::new("e2e-ctl")) else {
+        return;
+    };
+    let d = Arc::new(d);
+    eprintln!("[{T}] 8 threads x 5 rounds of list / stats / logs");
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let d = d.clone();
+            std::thread::spawn(move || {
+                let mut errors = Vec::new();
+                for round in 0..5 {
+                    let args: &[&str] = match (t + round) % 3 {
+                        0 => &["list", "-o", "json"],
+                        1 => &["stats", "-o", "json"],
+                        _ => &["logs", "e2e-ctl", "-n", "5"],
+                    };
+                    let out = d.ctl_timeout(args, Duration::from_secs(30));
+                    let valid = match args[0] {
+                        "list" => Json::parse(&out.stdout)
+                            .ok()
+                            .is_some_and(|l| function_entry(&l, "e2e-ctl").is_some()),
+                        "stats" => Json::parse(&out.stdout)
+                            .ok()
+                            .is_some_and(|s| s.get("uptime_ms").is_some()),
+                        _ => out.stdout.contains("test-e2e-handler up"),
+                    };
+                    if !out.ok() || !valid {
+                        errors.push(format!("thread {t} round {round} {args:?}: {out}"));
+                    }
+                }
+                errors
+            })
+        })
+        .collect();
+    let errors: Vec<String> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "concurrent aetherctl calls failed: {errors:#?}"
     );
 }
