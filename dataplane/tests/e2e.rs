@@ -5,6 +5,20 @@
 //! (as root). Each test has its own state dir, log dir and ports, so they run
 //! in parallel; each stops its aetherd and proves no handler is left. Tests
 //! that cannot run (not root, no memory cgroup) print `SKIP <test>: <reason>`.
+//!
+//! | test | proves |
+//! |---|---|
+//! | quickstart | `examples/hello.py` answers the original JSON; list (≥ 1 instance per executor core, pids), stats, metrics, logs; `down` leaves no aetherd, control segment, handler or cgroup directory |
+//! | deploy | `--dry-run` prints the diff only; deploy adds (new port answers), redeploys unchanged, updates (new environment answers); undeploy closes the port |
+//! | bad configs | exit 3 with `file:line:col` and "did you mean" (validate, up, deploy); exit 4 for every verb without aetherd; exit 2 for a bad command line |
+//! | malformed HTTP | 400 for garbage, 431 for a 70 KB head or 150 fields; the gateway keeps serving; handler stdout/stderr reach `logs` |
+//! | crash under load | 4 clients for 3 s, one `POST /crash`: every request answered within `timeout_ms`, /crash gets 502, no other request fails, exactly one crash, the instance restarts |
+//! | memory limit | 300 MB under `memory_limit_mb: 64`: 502, `aether_instance_oom_kills_total` ≥ 1, restart counted, serves again |
+//! | SIGKILL | handlers die within 2 s of aetherd (parent-death signal); the next `up` cleans up and serves |
+//! | timeout | a handler slower than `timeout_ms: 500` gives 504 after about 500 ms |
+//! | drain | a request in flight during `down` completes with 200 |
+//! | SIGTERM | stops aetherd, handlers and control segment like `down` |
+//! | concurrent aetherctl | 40 list/stats/logs calls from 8 threads all answer correctly |
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -220,11 +234,7 @@ fn quickstart_serves_lists_counts_logs_and_stops_cleanly() {
         "control segment {} left behind",
         d.control_segment().display()
     );
-    let left: Vec<i32> = handler_pids
-        .iter()
-        .copied()
-        .filter(|p| common::alive(*p))
-        .collect();
+    let left = common::still_alive(&handler_pids);
     assert!(left.is_empty(), "handler pids {left:?} outlived `down`");
     assert!(
         d.handler_pids().is_empty(),
@@ -750,13 +760,9 @@ fn sigkilled_daemon_leaves_no_handlers_and_next_up_works() {
     );
     d.mark_stopped();
     let gone = wait_for(Duration::from_secs(2), || {
-        tagged.iter().all(|p| !common::alive(*p))
+        common::still_alive(&tagged).is_empty()
     });
-    let left: Vec<i32> = tagged
-        .iter()
-        .copied()
-        .filter(|p| common::alive(*p))
-        .collect();
+    let left = common::still_alive(&tagged);
     assert!(
         gone,
         "handlers {left:?} still alive 2 s after aetherd was SIGKILLed (parent-death signal)"
@@ -853,11 +859,7 @@ fn down_drains_in_flight_request_then_stops() {
         http::refused(port),
         "port {port} still accepts connections after down"
     );
-    let left: Vec<i32> = handlers
-        .iter()
-        .copied()
-        .filter(|p| common::alive(*p))
-        .collect();
+    let left = common::still_alive(&handlers);
     assert!(left.is_empty(), "handlers {left:?} outlived down");
 }
 
@@ -879,11 +881,7 @@ fn sigterm_stops_daemon_and_handlers() {
         d.log_report()
     );
     d.mark_stopped();
-    let left: Vec<i32> = handlers
-        .iter()
-        .copied()
-        .filter(|p| common::alive(*p))
-        .collect();
+    let left = common::still_alive(&handlers);
     assert!(left.is_empty(), "handlers {left:?} outlived SIGTERM");
     assert!(
         !d.control_segment().exists(),

@@ -176,6 +176,11 @@ pub fn alive(pid: i32) -> bool {
     }
 }
 
+/// Those of `pids` that are still alive.
+pub fn still_alive(pids: &[i32]) -> Vec<i32> {
+    pids.iter().copied().filter(|p| alive(*p)).collect()
+}
+
 /// Pids of every live process whose environment holds `NAME=value` exactly.
 pub fn pids_with_env(name: &str, value: &str) -> Vec<i32> {
     let needle = format!("{name}={value}");
