@@ -17,7 +17,10 @@ fn hwloc_and_sysfs_agree() {
     let hwloc_took = started.elapsed();
     let started = std::time::Instant::now();
     let sysfs = Topology::from_sysfs(Path::new("/")).unwrap();
-    eprintln!("discovery took: hwloc {hwloc_took:?}, sysfs {:?}", started.elapsed());
+    eprintln!(
+        "discovery took: hwloc {hwloc_took:?}, sysfs {:?}",
+        started.elapsed()
+    );
     eprintln!("hwloc: {hwloc:#?}\nsysfs: {sysfs:#?}");
     assert_eq!(hwloc.source, TopologySource::Hwloc);
     assert_eq!(sysfs.source, TopologySource::Sysfs);
