@@ -5,6 +5,9 @@
 //! benchmark started under `taskset` or in a restricted cgroup measures the
 //! cores it was given and records their ids.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use thiserror::Error;
 
 /// Errors choosing or pinning cpus.
@@ -19,6 +22,9 @@ pub enum AffinityError {
     /// A requested cpu is not in the allowed set.
     #[error("cpu {cpu} is not in the allowed cpuset {allowed:?}")]
     NotAllowed { cpu: usize, allowed: Vec<usize> },
+    /// The idle-class spinner thread could not be started.
+    #[error("cannot start the idle spinner thread for cpu {cpu}: {source}")]
+    Spinner { cpu: usize, source: std::io::Error },
     /// The same cpu was requested twice.
     #[error("cpus must differ, got {cpu} twice")]
     Duplicate { cpu: usize },
@@ -75,6 +81,69 @@ pub fn pin_current_thread(cpu: usize, allowed: &[usize]) -> Result<(), AffinityE
     Ok(numa::pin_current_thread_within(cpu, allowed)?)
 }
 
+/// A `SCHED_IDLE` thread spinning on one cpu, so that cpu never enters an
+/// idle state while it lives: any normal thread that wakes there preempts it
+/// at once. Used to separate the cost of waking an *idle* cpu (on a VM: a
+/// `HLT` exit and an IPI through the hypervisor) from the cost of the wake-up
+/// itself. Stopped and joined on drop.
+#[derive(Debug)]
+pub struct IdleSpinner {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl IdleSpinner {
+    /// Starts the spinner on `cpu` (one of `allowed`).
+    ///
+    /// # Errors
+    /// [`AffinityError::Spinner`] when the thread cannot be spawned. Pinning
+    /// or scheduling-class failures inside the thread stop it early (it then
+    /// simply does not spin), reported on stderr.
+    pub fn start(cpu: usize, allowed: &[usize]) -> Result<Self, AffinityError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let allowed = allowed.to_vec();
+        let thread = std::thread::Builder::new()
+            .name(format!("idle-spin-{cpu}"))
+            .spawn(move || {
+                if let Err(e) = pin_current_thread(cpu, &allowed) {
+                    eprintln!("idle spinner: {e}; not spinning");
+                    return;
+                }
+                let param = libc::sched_param { sched_priority: 0 };
+                // SAFETY: pid 0 = the calling thread; `param` is a valid
+                // sched_param for the call.
+                let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &raw const param) };
+                if rc != 0 {
+                    eprintln!(
+                        "idle spinner: SCHED_IDLE refused ({}); not spinning",
+                        std::io::Error::last_os_error()
+                    );
+                    return;
+                }
+                // SYNC: Relaxed: a stop request; nothing else is published.
+                while !flag.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+            .map_err(|source| AffinityError::Spinner { cpu, source })?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for IdleSpinner {
+    fn drop(&mut self) {
+        // SYNC: Relaxed: see the loop above.
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 mod tests {
@@ -103,6 +172,14 @@ mod tests {
             choose_two(Some(&[0, 1, 2]), &[0, 1, 2]),
             Err(AffinityError::TooFewCpus { .. })
         ));
+    }
+
+    #[test]
+    fn idle_spinner_stops_on_drop() {
+        let allowed = allowed_cpus().unwrap();
+        let spinner = IdleSpinner::start(allowed[0], &allowed).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        drop(spinner); // joins: the test hangs here if the stop flag is ignored
     }
 
     #[test]

@@ -14,6 +14,9 @@ pub enum HistogramError {
         sigfig: u8,
         source: hdrhistogram::CreationError,
     },
+    /// Merging two histograms failed.
+    #[error("cannot merge histograms: {0}")]
+    Merge(hdrhistogram::AdditionError),
 }
 
 /// The largest latency a [`LatencyHistogram`] tracks exactly (60 s); larger
@@ -45,6 +48,15 @@ impl LatencyHistogram {
     /// Records one sample (0 is recorded as 1 ns, above the bound is clamped).
     pub fn record(&mut self, ns: u64) {
         self.inner.saturating_record(ns.max(1));
+    }
+
+    /// Adds every sample of `other` to `self`.
+    ///
+    /// # Errors
+    /// [`HistogramError::Merge`] (only if `other` had a value `self` cannot
+    /// hold, impossible for two [`LatencyHistogram`]s: same bounds).
+    pub fn merge(&mut self, other: &Self) -> Result<(), HistogramError> {
+        self.inner.add(&other.inner).map_err(HistogramError::Merge)
     }
 
     /// Number of samples.
@@ -110,6 +122,18 @@ mod tests {
         assert_eq!(s.p99_ns, 990);
         assert_eq!(s.p999_ns, 999);
         assert_eq!(s.max_ns, 1000);
+    }
+
+    #[test]
+    fn merge_adds_samples() {
+        let mut a = LatencyHistogram::new().unwrap();
+        let mut b = LatencyHistogram::new().unwrap();
+        a.record(10);
+        b.record(30);
+        b.record(20);
+        a.merge(&b).unwrap();
+        assert_eq!(a.len(), 3);
+        assert_eq!(a.summary().p50_ns, 20);
     }
 
     #[test]

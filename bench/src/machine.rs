@@ -21,6 +21,9 @@ pub struct Machine {
     pub virtualized: bool,
     pub clocksource: String,
     pub cpuidle_driver: String,
+    /// `/proc/loadavg`'s 1, 5 and 15 minute averages when the result was
+    /// written: other work on the same cpus shows up in tail latencies.
+    pub load_average: String,
 }
 
 impl Machine {
@@ -40,6 +43,11 @@ impl Machine {
                 "/sys/devices/system/clocksource/clocksource0/current_clocksource",
             ),
             cpuidle_driver: read_trimmed("/sys/devices/system/cpu/cpuidle/current_driver"),
+            load_average: read_trimmed("/proc/loadavg")
+                .split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" "),
         }
     }
 }

@@ -27,6 +27,29 @@ pub struct RoundTrips {
     pub one_way: LatencyHistogram,
 }
 
+impl RoundTrips {
+    /// Empty histograms.
+    ///
+    /// # Errors
+    /// [`HistogramError`](crate::histogram::HistogramError) from creation.
+    pub fn new() -> Result<Self, RingBenchError> {
+        Ok(Self {
+            rtt: LatencyHistogram::new()?,
+            one_way: LatencyHistogram::new()?,
+        })
+    }
+
+    /// Adds the samples of another run.
+    ///
+    /// # Errors
+    /// [`HistogramError::Merge`](crate::histogram::HistogramError::Merge).
+    pub fn merge(&mut self, other: &Self) -> Result<(), RingBenchError> {
+        self.rtt.merge(&other.rtt)?;
+        self.one_way.merge(&other.one_way)?;
+        Ok(())
+    }
+}
+
 /// The parent's side of a round-trip run.
 #[derive(Debug)]
 pub struct ParentPair<'a> {
@@ -52,10 +75,7 @@ pub fn round_trips_parent(
     warmup: u64,
     samples: u64,
 ) -> Result<RoundTrips, RingBenchError> {
-    let mut out = RoundTrips {
-        rtt: LatencyHistogram::new()?,
-        one_way: LatencyHistogram::new()?,
-    };
+    let mut out = RoundTrips::new()?;
     let mut record = pattern(size);
     link.sync()?;
     for i in 0..warmup + samples {

@@ -4,7 +4,11 @@
 //!
 //! 1. **floor**: a raw cache-line ping-pong between the same two cpus
 //!    ([`floor::cache_line_ping_pong`]); `floor_one_way_p50_ns` is half its
-//!    round-trip p50;
+//!    round-trip p50. Floor and ring round trips (2.) run interleaved in
+//!    `latency_rounds` rounds (floor, 64 B, 1 KiB, floor, …) and are merged, so
+//!    a drift of the machine during the run (a VM's vCPUs moved to other
+//!    physical cores: we saw the floor move between 45 and 60 ns from run to
+//!    run) hits both alike and the ratio stays meaningful;
 //! 2. **one-way latency**, 64 B and 1 KiB records: the parent pushes into ring
 //!    `fwd`, the child pops and pushes the bytes into ring `back`, the parent
 //!    pops; one-way = round trip / 2 per sample. Halving a round trip timed on
@@ -15,8 +19,14 @@
 //!    records consumed are counted, and count and checksum must match;
 //! 4. **futex floor**: raw `FUTEX_WAIT`/`FUTEX_WAKE` wake-up between the cpus;
 //! 5. **wake-up**: the parent sleeps in `wait_pop`, the child pushes a
-//!    `CLOCK_MONOTONIC`-stamped record every `--wake-gap-us` (1 ms), so the
-//!    consumer is really asleep; delay = wake time − stamp.
+//!    `CLOCK_MONOTONIC`-stamped record every `--wake-gap-us` (1 ms) and waits
+//!    until the parent took it, so the consumer is really asleep for each
+//!    (`wakeup_voluntary_switches_per_record` ≈ 1 proves it); delay = wake
+//!    time − stamp;
+//! 6. 4 and 5 again with a `SCHED_IDLE` spinner on the consumer's cpu
+//!    ([`crate::affinity::IdleSpinner`]): the cpu never idles, so the
+//!    difference to 4/5 is the cost of waking an idle cpu (on a VM: the `HLT`
+//!    exit and the IPI through the hypervisor), not of the ring or the futex.
 //!
 //! Everything busy-polls through the same spin ([`link::Link::idle`]). Each
 //! latency sample includes one `Instant::now()` pair (`timer_overhead_ns` in
@@ -30,7 +40,7 @@ pub mod floor;
 pub mod link;
 pub mod measure;
 
-use crate::affinity::{self, AffinityError};
+use crate::affinity::{self, AffinityError, IdleSpinner};
 use crate::cli::CommonArgs;
 use crate::clock::{timer_overhead_ns, utc_timestamp};
 use crate::histogram::{HistogramError, LatencyHistogram};
@@ -71,6 +81,11 @@ pub struct RingArgs {
     /// that the consumer has gone to sleep).
     #[arg(long, default_value_t = 1000)]
     pub wake_gap_us: u64,
+
+    /// Divide every sample count by this (for tests that only check the
+    /// plumbing; the JSON's `parameters` show the counts actually run).
+    #[arg(long, hide = true, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub samples_divisor: u64,
 
     /// Internal: run as the child of the benchmark whose files have this prefix.
     #[arg(long, hide = true)]
@@ -151,6 +166,9 @@ pub struct RingParameters {
     pub ring_capacity_bytes: usize,
     pub record_sizes_bytes: [usize; 2],
     pub floor_round_trips: u64,
+    /// Floor and ring round trips are measured in this many interleaved
+    /// rounds (each 1/rounds of the samples, with its own warm-up).
+    pub latency_rounds: u64,
     pub latency_round_trips_64b: u64,
     pub latency_round_trips_1k: u64,
     /// Discarded samples before each latency/wake-up measurement.
@@ -159,28 +177,40 @@ pub struct RingParameters {
     pub throughput_records_1k: u64,
     pub wakeup_samples: u64,
     pub wakeup_gap_us: u64,
+    /// Nice value the benchmark ran at (other work on the same cpus competes).
+    pub nice: i32,
 }
 
 impl RingParameters {
     fn new(args: &RingArgs) -> Self {
         let scale = if args.common.smoke { 1 } else { 10 };
+        let d = args.samples_divisor;
         Self {
             ring_capacity_bytes: args.ring_capacity,
             record_sizes_bytes: [SMALL, LARGE],
-            floor_round_trips: 200_000 * scale,
-            latency_round_trips_64b: 200_000 * scale,
-            latency_round_trips_1k: 100_000 * scale,
+            floor_round_trips: 200_000 * scale / d,
+            latency_rounds: 10,
+            latency_round_trips_64b: 200_000 * scale / d,
+            latency_round_trips_1k: 100_000 * scale / d,
             warmup_fraction: 0.1,
-            throughput_records_64b: 5_000_000 * scale,
-            throughput_records_1k: 500_000 * scale,
-            wakeup_samples: 300 * scale,
+            throughput_records_64b: 5_000_000 * scale / d,
+            throughput_records_1k: 500_000 * scale / d,
+            wakeup_samples: 300 * scale / d,
             wakeup_gap_us: args.wake_gap_us,
+            nice: current_nice(),
         }
     }
 
     fn warmup(n: u64) -> u64 {
         n / 10
     }
+}
+
+/// This process's nice value (-1 is also getpriority's error value; either
+/// way it is what gets reported).
+fn current_nice() -> i32 {
+    // SAFETY: getpriority only reads scheduler state of this process.
+    unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
 }
 
 /// The measured numbers (all from this run).
@@ -215,6 +245,10 @@ pub struct RingResults {
     pub wakeup_floor_futex_p50_ns: u64,
     pub wakeup_floor_futex_p99_ns: u64,
     pub ratio_wakeup_to_futex_floor: f64,
+    pub wakeup_awake_core_p50_ns: u64,
+    pub wakeup_awake_core_p99_ns: u64,
+    pub wakeup_floor_futex_awake_core_p50_ns: u64,
+    pub wakeup_floor_futex_awake_core_p99_ns: u64,
     pub timer_overhead_ns: u64,
 }
 
@@ -279,26 +313,33 @@ fn run_parent(args: &RingArgs) -> Result<PathBuf, RingBenchError> {
     let mut wake_c = wake.consumer().map_err(seg_err(wake))?;
 
     let w = RingParameters::warmup;
+    let rounds = params.latency_rounds;
     eprintln!(
-        "ring: floor (cache-line ping-pong, {} round trips)",
-        params.floor_round_trips
+        "ring: floor ping-pong ({}), 64 B ({}) and 1 KiB ({}) round trips, in {rounds} interleaved rounds",
+        params.floor_round_trips, params.latency_round_trips_64b, params.latency_round_trips_1k
     );
-    let floor = floor::cache_line_ping_pong(
-        &mut link,
-        w(params.floor_round_trips),
-        params.floor_round_trips,
-    )?;
-    let mut lat = Vec::new();
-    for (size, n) in [
-        (SMALL, params.latency_round_trips_64b),
-        (LARGE, params.latency_round_trips_1k),
-    ] {
-        eprintln!("ring: round trips, {size} B records ({n})");
-        let pair = ParentPair {
-            fwd: &mut fwd_p,
-            back: &mut back_c,
-        };
-        lat.push(measure::round_trips_parent(&mut link, pair, size, w(n), n)?);
+    let mut floor = LatencyHistogram::new()?;
+    let mut lat64 = measure::RoundTrips::new()?;
+    let mut lat1k = measure::RoundTrips::new()?;
+    for _ in 0..rounds {
+        let n = params.floor_round_trips / rounds;
+        floor.merge(&floor::cache_line_ping_pong(&mut link, w(n), n)?)?;
+        for (acc, size, n) in [
+            (&mut lat64, SMALL, params.latency_round_trips_64b / rounds),
+            (&mut lat1k, LARGE, params.latency_round_trips_1k / rounds),
+        ] {
+            let pair = ParentPair {
+                fwd: &mut fwd_p,
+                back: &mut back_c,
+            };
+            acc.merge(&measure::round_trips_parent(
+                &mut link,
+                pair,
+                size,
+                w(n),
+                n,
+            )?)?;
+        }
     }
     eprintln!(
         "ring: throughput, {SMALL} B records ({})",
@@ -321,33 +362,29 @@ fn run_parent(args: &RingArgs) -> Result<PathBuf, RingBenchError> {
         params.throughput_records_1k,
     )?;
     let gap = Duration::from_micros(params.wakeup_gap_us);
+    let (n, warm) = (params.wakeup_samples, w(params.wakeup_samples));
+    eprintln!("ring: futex wake-up floor ({n} samples, {gap:?} apart)");
+    let futex = floor::futex_wakeups(&mut link, warm, n, gap)?;
+    eprintln!("ring: wait_pop wake-up ({n} samples, {gap:?} apart)");
+    let ring = measure::wakeups_parent(&mut link, &mut wake_c, warm, n)?;
     eprintln!(
-        "ring: futex wake-up floor ({} samples, {gap:?} apart)",
-        params.wakeup_samples
+        "ring: both again with an idle-class spinner keeping cpu {} awake",
+        cores[0]
     );
-    let futex = floor::futex_wakeups(
-        &mut link,
-        w(params.wakeup_samples),
-        params.wakeup_samples,
-        gap,
-    )?;
-    eprintln!(
-        "ring: wait_pop wake-up ({} samples, {gap:?} apart)",
-        params.wakeup_samples
-    );
-    let wakeups = measure::wakeups_parent(
-        &mut link,
-        &mut wake_c,
-        w(params.wakeup_samples),
-        params.wakeup_samples,
-    )?;
+    let spinner = IdleSpinner::start(cores[0], &allowed)?;
+    let futex_awake = floor::futex_wakeups(&mut link, warm, n, gap)?;
+    let ring_awake = measure::wakeups_parent(&mut link, &mut wake_c, warm, n)?;
+    drop(spinner);
     link.sync()?;
     link.finish()?;
-
-    let [lat64, lat1k] = &lat[..] else {
-        unreachable!("two sizes measured");
+    let wake = WakeRuns {
+        futex,
+        ring,
+        futex_awake,
+        ring_awake,
     };
-    let results = results(&floor, lat64, lat1k, &t64, &t1k, &futex, &wakeups);
+
+    let results = results(&floor, &lat64, &lat1k, &t64, &t1k, &wake);
     let targets = targets(&results);
     let (git_rev, git_dirty) = git_revision();
     let report = Report {
@@ -397,20 +434,20 @@ fn run_child(args: &RingArgs, files: &RunFiles, cpu: usize) -> Result<(), RingBe
     let mut wake_p = wake.producer().map_err(seg_err(wake))?;
 
     let w = RingParameters::warmup;
-    floor::cache_line_ping_pong(
-        &mut link,
-        w(params.floor_round_trips),
-        params.floor_round_trips,
-    )?;
-    for n in [
-        params.latency_round_trips_64b,
-        params.latency_round_trips_1k,
-    ] {
-        let pair = ChildPair {
-            fwd: &mut fwd_c,
-            back: &mut back_p,
-        };
-        measure::round_trips_child(&mut link, pair, w(n), n)?;
+    let rounds = params.latency_rounds;
+    for _ in 0..rounds {
+        let n = params.floor_round_trips / rounds;
+        floor::cache_line_ping_pong(&mut link, w(n), n)?;
+        for n in [
+            params.latency_round_trips_64b / rounds,
+            params.latency_round_trips_1k / rounds,
+        ] {
+            let pair = ChildPair {
+                fwd: &mut fwd_c,
+                back: &mut back_p,
+            };
+            measure::round_trips_child(&mut link, pair, w(n), n)?;
+        }
     }
     measure::throughput_child(
         &mut link,
@@ -425,20 +462,12 @@ fn run_child(args: &RingArgs, files: &RunFiles, cpu: usize) -> Result<(), RingBe
         params.throughput_records_1k,
     )?;
     let gap = Duration::from_micros(params.wakeup_gap_us);
-    floor::futex_wakeups(
-        &mut link,
-        w(params.wakeup_samples),
-        params.wakeup_samples,
-        gap,
-    )?;
-    measure::wakeups_child(
-        &mut link,
-        &mut wake_p,
-        SMALL,
-        w(params.wakeup_samples),
-        params.wakeup_samples,
-        gap,
-    )?;
+    let (n, warm) = (params.wakeup_samples, w(params.wakeup_samples));
+    // Plain, then with the parent's cpu kept awake: the child's part is the same.
+    for _ in 0..2 {
+        floor::futex_wakeups(&mut link, warm, n, gap)?;
+        measure::wakeups_child(&mut link, &mut wake_p, SMALL, warm, n, gap)?;
+    }
     link.sync()
 }
 
@@ -457,16 +486,16 @@ fn results(
     lat1k: &measure::RoundTrips,
     t64: &measure::Throughput,
     t1k: &measure::Throughput,
-    futex: &LatencyHistogram,
-    wakeups: &measure::Wakeups,
+    wake: &WakeRuns,
 ) -> RingResults {
     let f = floor.summary();
     #[allow(clippy::cast_precision_loss)] // nanoseconds
     let floor_one_way = f.p50_ns as f64 / 2.0;
     let (o64, r64) = (lat64.one_way.summary(), lat64.rtt.summary());
     let (o1k, r1k) = (lat1k.one_way.summary(), lat1k.rtt.summary());
-    let wk = wakeups.delay.summary();
-    let fx = futex.summary();
+    let wk = wake.ring.delay.summary();
+    let fx = wake.futex.summary();
+    let (wk_awake, fx_awake) = (wake.ring_awake.delay.summary(), wake.futex_awake.summary());
     #[allow(clippy::cast_precision_loss)] // nanoseconds
     let futex_p50 = fx.p50_ns as f64;
     RingResults {
@@ -495,12 +524,26 @@ fn results(
         wakeup_p50_ns: wk.p50_ns,
         wakeup_p99_ns: wk.p99_ns,
         wakeup_max_ns: wk.max_ns,
-        wakeup_voluntary_switches_per_record: wakeups.voluntary_switches_per_record,
+        wakeup_voluntary_switches_per_record: wake.ring.voluntary_switches_per_record,
         wakeup_floor_futex_p50_ns: fx.p50_ns,
         wakeup_floor_futex_p99_ns: fx.p99_ns,
         ratio_wakeup_to_futex_floor: ratio(wk.p50_ns, futex_p50),
+        wakeup_awake_core_p50_ns: wk_awake.p50_ns,
+        wakeup_awake_core_p99_ns: wk_awake.p99_ns,
+        wakeup_floor_futex_awake_core_p50_ns: fx_awake.p50_ns,
+        wakeup_floor_futex_awake_core_p99_ns: fx_awake.p99_ns,
         timer_overhead_ns: timer_overhead_ns(100_000),
     }
+}
+
+/// The four wake-up runs: futex floor and ring, plain and with the
+/// consumer's cpu kept awake.
+#[derive(Debug)]
+struct WakeRuns {
+    futex: LatencyHistogram,
+    ring: measure::Wakeups,
+    futex_awake: LatencyHistogram,
+    ring_awake: measure::Wakeups,
 }
 
 /// The targets of issue 2, checked against this run's numbers.
