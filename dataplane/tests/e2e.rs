@@ -659,6 +659,16 @@ fn handler_crash_under_load_answers_every_request_and_restarts() {
         .filter(|(_, _, _, path, o)| *path == "/load" && matches!(o, Outcome::Status(502)))
         .map(|(t, at, took, _, _)| format!("client {t} sent at {at:?}, 502 after {took:?}"))
         .collect();
+    let gateway_counters: Vec<String> = d
+        .metrics()
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            !l.starts_with('#') && (l.contains("retries") || l.contains("upstream_connects"))
+        })
+        .map(str::to_string)
+        .collect();
+    eprintln!("[{T}] gateway counters: {gateway_counters:?}");
     assert!(
         load_502.is_empty(),
         "requests that never reached the crashing handler got 502 (should wait for the restart): {load_502:#?}\n{}",
