@@ -109,9 +109,12 @@ pub struct GatewayArgs {
     #[arg(long)]
     pub handler_threads: Option<usize>,
 
-    /// Instances of the function under aetherd [default: number of allowed cpus].
-    #[arg(long)]
-    pub aetherd_instances: Option<u32>,
+    /// `min_instances` = `max_instances` of the function under aetherd. aetherd
+    /// keeps that many on each executor core (one per cpu), each instance
+    /// pinned to its core, so the default 1 gives the handler as many threads
+    /// as the direct run's `--handler-threads` default.
+    #[arg(long, default_value_t = 1)]
+    pub aetherd_instances: u32,
 
     /// `concurrency` (in-flight requests per instance) of the function under aetherd.
     #[arg(long, default_value_t = 64)]
@@ -129,6 +132,10 @@ pub struct GatewayArgs {
     /// Do not run `cargo build --release -p native-hello -p dataplane -p control` first.
     #[arg(long)]
     pub no_build: bool,
+
+    /// Keep the run's temp dir (configs, nginx and aetherd logs) and print its path.
+    #[arg(long)]
+    pub keep_run_dir: bool,
 
     /// Report this mode as unavailable (null) instead of failing when it cannot run.
     #[arg(long, value_enum)]
@@ -180,6 +187,8 @@ pub struct GatewayParameters {
     pub handler_threads: usize,
     pub nginx: String,
     pub nginx_config: String,
+    /// `min_instances` = `max_instances` in the generated configuration
+    /// (aetherd keeps that many per executor core).
     pub aetherd_instances: u32,
     pub aetherd_concurrency: u32,
     pub schedule: String,
@@ -304,9 +313,7 @@ pub fn run(args: &GatewayArgs) -> Result<PathBuf, GatewayError> {
     let allowed = crate::affinity::allowed_cpus().unwrap_or_default();
     let ncpu = allowed.len().max(1);
     let handler_threads = args.handler_threads.unwrap_or(ncpu);
-    let instances = args
-        .aetherd_instances
-        .unwrap_or_else(|| u32::try_from(ncpu).unwrap_or(1));
+    let instances = args.aetherd_instances;
 
     let bin_dir = args.bin_dir.clone().unwrap_or_else(default_bin_dir);
     let mut errors: BTreeMap<String, String> = BTreeMap::new();
@@ -495,6 +502,9 @@ pub fn run(args: &GatewayArgs) -> Result<PathBuf, GatewayError> {
         targets,
     };
     let path = report.write_to(&args.common.output_dir)?;
+    if args.keep_run_dir {
+        eprintln!("gateway: run dir kept: {}", run_dir.keep().display());
+    }
     let missing: Vec<&str> = [
         (Optional::Nginx, "nginx", nginx_r.is_none()),
         (Optional::Aetherd, "aetherd", aetherd_r.is_none()),
