@@ -14,7 +14,8 @@
 //! | malformed HTTP | 400 for garbage, 431 for a 70 KB head or 150 fields; the gateway keeps serving; handler stdout/stderr reach `logs` |
 //! | crash under load | 4 clients for 3 s, one `POST /crash`: every request answered within `timeout_ms`, /crash gets 502, no other request fails, exactly one crash, the instance restarts |
 //! | memory limit | 300 MB under `memory_limit_mb: 64`: 502, `aether_instance_oom_kills_total` ≥ 1, restart counted, serves again |
-//! | SIGKILL | handlers die within 2 s of aetherd (parent-death signal); the next `up` cleans up and serves |
+//! | SIGKILL | handlers die within 2 s of aetherd (parent-death signal); the next `up` cleans up (stale cgroups, bridge) and serves |
+//! | egress | `egress: true` reaches the bridge address through NAT, `egress: false` has no route; `down` removes bridge address and NAT rule |
 //! | timeout | a handler slower than `timeout_ms: 500` gives 504 after about 500 ms |
 //! | drain | a request in flight during `down` completes with 200 |
 //! | SIGTERM | stops aetherd, handlers and control segment like `down` |
@@ -748,7 +749,10 @@ fn memory_limit_oom_kill_is_reported_and_function_recovers() {
 #[test]
 fn sigkilled_daemon_leaves_no_handlers_and_next_up_works() {
     const T: &str = "sigkill";
-    let Some((mut d, _)) = serve_one(T, FunctionSpec::new("e2e-kill")) else {
+    // With egress, so the next `up` also meets a stale bridge and NAT rule.
+    let mut spec = FunctionSpec::new("e2e-kill");
+    spec.egress = true;
+    let Some((mut d, _)) = serve_one(T, spec) else {
         return;
     };
     let listed = d.instance_pids("e2e-kill");
@@ -948,4 +952,120 @@ fn concurrent_aetherctl_calls_all_succeed() {
         errors.is_empty(),
         "concurrent aetherctl calls failed: {errors:#?}"
     );
+}
+
+/// `egress` gives a handler outbound TCP through aetherd's bridge (NAT);
+/// `egress: false` leaves it loopback only. The handler dials its default
+/// gateway — the bridge address on this machine — so nothing leaves the host.
+#[test]
+fn egress_reaches_the_bridge_and_egress_false_cuts_it() {
+    const T: &str = "egress";
+    if !require_root(T) {
+        return;
+    }
+    let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+    let lport = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let server = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(40);
+            let mut accepted = 0;
+            // SYNC: Relaxed: a plain stop flag, no data behind it.
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((mut s, peer)) => {
+                        accepted += 1;
+                        eprintln!("[{T}] host listener: connection from {peer}");
+                        let _ = std::io::Write::write_all(&mut s, b"hello-from-host\n");
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+            accepted
+        })
+    };
+    let mut on = FunctionSpec::new("e2e-egress-on");
+    on.egress = true;
+    let mut d = start(T, vec![on, FunctionSpec::new("e2e-egress-off")]);
+    if let Some(line) = d
+        .log()
+        .lines()
+        .find(|l| l.contains("egress network unavailable"))
+    {
+        eprintln!("SKIP {T}: aetherd could not set up the egress bridge: {line}");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        server.join().unwrap();
+        return;
+    }
+    await_serving(&d, "e2e-egress-on");
+    await_serving(&d, "e2e-egress-off");
+    let path = format!("/egress?port={lport}");
+
+    eprintln!("[{T}] e2e-egress-on GET {path}");
+    let r = http::get(d.port("e2e-egress-on"), &path, Duration::from_secs(10)).unwrap();
+    let body = Json::parse(&r.text()).unwrap_or_else(|e| panic!("{e}: {}", r.text()));
+    eprintln!("[{T}]   -> {body:?}");
+    assert_eq!(
+        body.get("read").and_then(Json::as_str),
+        Some("hello-from-host\n"),
+        "egress: true could not reach the bridge: {body:?}\n{}",
+        d.log_report()
+    );
+
+    let gateway = body
+        .get("gateway")
+        .and_then(Json::as_str)
+        .unwrap()
+        .to_string();
+
+    eprintln!("[{T}] e2e-egress-off GET {path}");
+    let r = http::get(d.port("e2e-egress-off"), &path, Duration::from_secs(10)).unwrap();
+    let body = Json::parse(&r.text()).unwrap_or_else(|e| panic!("{e}: {}", r.text()));
+    eprintln!("[{T}]   -> {body:?}");
+    assert!(
+        body.get("read").is_none() && body.get("error").is_some(),
+        "egress: false still reached the network: {body:?}"
+    );
+    // SYNC: Relaxed: see the server loop.
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        server.join().unwrap(),
+        1,
+        "the host listener saw a connection other than the egress-on handler's"
+    );
+
+    eprintln!("[{T}] down: the bridge address {gateway} and its NAT rule must go");
+    let out = d.down();
+    assert!(out.ok(), "down: {out}");
+    let addrs = command_output("ip", &["-o", "-4", "addr", "show"]);
+    assert!(
+        !addrs.contains(&format!("inet {gateway}/")),
+        "bridge address {gateway} still configured after down:\n{addrs}"
+    );
+    let subnet = gateway
+        .rsplitn(3, '.')
+        .nth(2)
+        .unwrap_or_default()
+        .to_string();
+    let nat = command_output("iptables", &["-t", "nat", "-S"]);
+    assert!(
+        !nat.lines().any(|l| l.contains(&format!("{subnet}.0.0/"))),
+        "NAT rule for {subnet}.0.0/16 still present after down:\n{nat}"
+    );
+}
+
+/// stdout of a system command (ip, iptables) that must succeed.
+fn command_output(program: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -228,6 +228,9 @@ pub struct FunctionSpec {
     pub environment: Vec<(String, String)>,
     /// Port; 0 = pick a free one.
     pub port: u16,
+    /// Outbound network through aetherd's bridge (off by default here: the
+    /// tests are faster without the veth set-up).
+    pub egress: bool,
 }
 
 impl FunctionSpec {
@@ -241,6 +244,7 @@ impl FunctionSpec {
             concurrency: 1,
             environment: Vec::new(),
             port: 0,
+            egress: false,
         }
     }
 
@@ -354,13 +358,14 @@ impl Daemon {
         for f in functions {
             let _ = write!(
                 y,
-                "  - id: {}\n    trigger_port: {}\n    handler_path: {}\n    memory_limit_mb: {}\n    timeout_ms: {}\n    concurrency: {}\n    egress: false\n    handshake_timeout_ms: 10000\n    environment:\n      E2E_TAG: \"{}\"\n",
+                "  - id: {}\n    trigger_port: {}\n    handler_path: {}\n    memory_limit_mb: {}\n    timeout_ms: {}\n    concurrency: {}\n    egress: {}\n    handshake_timeout_ms: 10000\n    environment:\n      E2E_TAG: \"{}\"\n",
                 f.id,
                 f.port,
                 f.handler.display(),
                 f.memory_limit_mb,
                 f.timeout_ms,
                 f.concurrency,
+                f.egress,
                 self.tag
             );
             for (k, v) in &f.environment {
