@@ -9,6 +9,16 @@
 //! wrapping sum of a record's 8-byte little-endian words: the consumer
 //! computes it over every byte it popped; the producer, which knows the
 //! pattern, adds `seq + sum(pattern words after the first)` per record.
+//!
+//! Throughput is bimodal when the ring publishes its index with a locked
+//! instruction (a SeqCst swap: `xchg` on x86). While the consumer keeps up,
+//! every `try_pop` re-reads the producer's `tail` line, so each push must win
+//! that line back before its `xchg` can retire: the producer stalls for one
+//! cross-core transfer per record. When the consumer falls behind, it pops
+//! from its cached copy of `tail` without touching the line and the producer
+//! streams. Small timing differences (how fast the consumer polls) decide
+//! which regime a run settles in, so throughput runs in rounds and the
+//! results carry the slowest and fastest round beside the total.
 
 use super::link::Link;
 use super::RingBenchError;
@@ -131,6 +141,36 @@ impl Throughput {
     #[must_use]
     pub fn gb_per_s(&self) -> f64 {
         per_second(self.bytes, self.elapsed) / 1e9
+    }
+
+    /// All rounds as one run: total records and bytes over total time.
+    #[must_use]
+    pub fn total(rounds: &[Self]) -> Self {
+        rounds.iter().fold(
+            Self {
+                records: 0,
+                bytes: 0,
+                elapsed: Duration::ZERO,
+            },
+            |acc, r| Self {
+                records: acc.records + r.records,
+                bytes: acc.bytes + r.bytes,
+                elapsed: acc.elapsed + r.elapsed,
+            },
+        )
+    }
+
+    /// The slowest and fastest round's records per second (0, 0 for none).
+    #[must_use]
+    pub fn range(rounds: &[Self]) -> (f64, f64) {
+        let rates = rounds.iter().map(Self::records_per_s);
+        let min = rates.clone().fold(f64::INFINITY, f64::min);
+        let max = rates.fold(0.0, f64::max);
+        if rounds.is_empty() {
+            (0.0, 0.0)
+        } else {
+            (min, max)
+        }
     }
 }
 

@@ -6,9 +6,9 @@
 //!    ([`floor::cache_line_ping_pong`]); `floor_one_way_p50_ns` is half its
 //!    round-trip p50. Floor and ring round trips (2.) run interleaved in
 //!    `latency_rounds` rounds (floor, 64 B, 1 KiB, floor, …) and are merged, so
-//!    a drift of the machine during the run (a VM's vCPUs moved to other
-//!    physical cores: we saw the floor move between 45 and 60 ns from run to
-//!    run) hits both alike and the ratio stays meaningful;
+//!    a drift of the machine during the run (on this VM the floor p50 moved
+//!    between 45 and 60 ns from run to run, and to ≈ 250 ns when the host
+//!    placed the two vCPUs far apart) hits both alike;
 //! 2. **one-way latency**, 64 B and 1 KiB records: the parent pushes into ring
 //!    `fwd`, the child pops and pushes the bytes into ring `back`, the parent
 //!    pops; one-way = round trip / 2 per sample. Halving a round trip timed on
@@ -16,7 +16,10 @@
 //!    on two (no clock skew, no timestamp cost inside the record path);
 //! 3. **throughput**, 64 B and 1 KiB: the child pushes N records as fast as
 //!    `try_push` takes them, the parent pops and checksums every byte; only
-//!    records consumed are counted, and count and checksum must match;
+//!    records consumed are counted, and count and checksum must match. Run in
+//!    `throughput_rounds` rounds (64 B, 1 KiB, 64 B, …); the result is total
+//!    records over total time, and the slowest and fastest round are reported
+//!    too, because the rate is bimodal (see the docs of [`measure`]);
 //! 4. **futex floor**: raw `FUTEX_WAIT`/`FUTEX_WAKE` wake-up between the cpus;
 //! 5. **wake-up**: the parent sleeps in `wait_pop`, the child pushes a
 //!    `CLOCK_MONOTONIC`-stamped record every `--wake-gap-us` (1 ms) and waits
@@ -28,9 +31,15 @@
 //!    difference to 4/5 is the cost of waking an idle cpu (on a VM: the `HLT`
 //!    exit and the IPI through the hypervisor), not of the ring or the futex.
 //!
-//! Everything busy-polls through the same spin ([`link::Link::idle`]). Each
-//! latency sample includes one `Instant::now()` pair (`timer_overhead_ns` in
-//! the results), in the floor and the ring alike.
+//! Everything busy-polls through the same spin ([`link::Link::idle`]: one
+//! `PAUSE` per poll). Polling without `PAUSE` was tried: the floor gets ≈ 5 ns
+//! faster but the ring gets slower (the consumer's loads keep stealing the
+//! producer's index line), so both keep the `PAUSE`. Each latency sample
+//! includes one `Instant::now()` pair (`timer_overhead_ns` in the results), in
+//! the floor and the ring alike.
+//!
+//! Other work on the same cpus shows up in every tail and in throughput: the
+//! JSON records the load average and the nice value the run had.
 //!
 //! The JSON (`DIR/ring.json`) is a [`crate::report::Report`] with
 //! [`RingParameters`] and [`RingResults`]; the targets of issue 2 are checked
@@ -173,6 +182,8 @@ pub struct RingParameters {
     pub latency_round_trips_1k: u64,
     /// Discarded samples before each latency/wake-up measurement.
     pub warmup_fraction: f64,
+    /// Throughput runs in this many rounds (each 1/rounds of the records).
+    pub throughput_rounds: u64,
     pub throughput_records_64b: u64,
     pub throughput_records_1k: u64,
     pub wakeup_samples: u64,
@@ -193,6 +204,7 @@ impl RingParameters {
             latency_round_trips_64b: 200_000 * scale / d,
             latency_round_trips_1k: 100_000 * scale / d,
             warmup_fraction: 0.1,
+            throughput_rounds: 5,
             throughput_records_64b: 5_000_000 * scale / d,
             throughput_records_1k: 500_000 * scale / d,
             wakeup_samples: 300 * scale / d,
@@ -236,8 +248,12 @@ pub struct RingResults {
     pub ratio_one_way_to_floor_1k: f64,
     pub throughput_64b_records_per_s: f64,
     pub throughput_64b_gb_per_s: f64,
+    pub throughput_64b_records_per_s_slowest_round: f64,
+    pub throughput_64b_records_per_s_fastest_round: f64,
     pub throughput_1k_records_per_s: f64,
     pub throughput_1k_gb_per_s: f64,
+    pub throughput_1k_records_per_s_slowest_round: f64,
+    pub throughput_1k_records_per_s_fastest_round: f64,
     pub wakeup_p50_ns: u64,
     pub wakeup_p99_ns: u64,
     pub wakeup_max_ns: u64,
@@ -341,26 +357,28 @@ fn run_parent(args: &RingArgs) -> Result<PathBuf, RingBenchError> {
             )?)?;
         }
     }
+    let rounds = params.throughput_rounds;
     eprintln!(
-        "ring: throughput, {SMALL} B records ({})",
-        params.throughput_records_64b
+        "ring: throughput, {SMALL} B ({}) and {LARGE} B ({}) records, in {rounds} rounds",
+        params.throughput_records_64b, params.throughput_records_1k
     );
-    let t64 = measure::throughput_parent(
-        &mut link,
-        &mut tput64_c,
-        SMALL,
-        params.throughput_records_64b,
-    )?;
-    eprintln!(
-        "ring: throughput, {LARGE} B records ({})",
-        params.throughput_records_1k
-    );
-    let t1k = measure::throughput_parent(
-        &mut link,
-        &mut tput1k_c,
-        LARGE,
-        params.throughput_records_1k,
-    )?;
+    let (mut t64, mut t1k) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let n = params.throughput_records_64b / rounds;
+        t64.push(measure::throughput_parent(
+            &mut link,
+            &mut tput64_c,
+            SMALL,
+            n,
+        )?);
+        let n = params.throughput_records_1k / rounds;
+        t1k.push(measure::throughput_parent(
+            &mut link,
+            &mut tput1k_c,
+            LARGE,
+            n,
+        )?);
+    }
     let gap = Duration::from_micros(params.wakeup_gap_us);
     let (n, warm) = (params.wakeup_samples, w(params.wakeup_samples));
     eprintln!("ring: futex wake-up floor ({n} samples, {gap:?} apart)");
@@ -449,18 +467,13 @@ fn run_child(args: &RingArgs, files: &RunFiles, cpu: usize) -> Result<(), RingBe
             measure::round_trips_child(&mut link, pair, w(n), n)?;
         }
     }
-    measure::throughput_child(
-        &mut link,
-        &mut tput64_p,
-        SMALL,
-        params.throughput_records_64b,
-    )?;
-    measure::throughput_child(
-        &mut link,
-        &mut tput1k_p,
-        LARGE,
-        params.throughput_records_1k,
-    )?;
+    let rounds = params.throughput_rounds;
+    for _ in 0..rounds {
+        let n = params.throughput_records_64b / rounds;
+        measure::throughput_child(&mut link, &mut tput64_p, SMALL, n)?;
+        let n = params.throughput_records_1k / rounds;
+        measure::throughput_child(&mut link, &mut tput1k_p, LARGE, n)?;
+    }
     let gap = Duration::from_micros(params.wakeup_gap_us);
     let (n, warm) = (params.wakeup_samples, w(params.wakeup_samples));
     // Plain, then with the parent's cpu kept awake: the child's part is the same.
@@ -484,13 +497,21 @@ fn results(
     floor: &LatencyHistogram,
     lat64: &measure::RoundTrips,
     lat1k: &measure::RoundTrips,
-    t64: &measure::Throughput,
-    t1k: &measure::Throughput,
+    t64: &[measure::Throughput],
+    t1k: &[measure::Throughput],
     wake: &WakeRuns,
 ) -> RingResults {
     let f = floor.summary();
     #[allow(clippy::cast_precision_loss)] // nanoseconds
     let floor_one_way = f.p50_ns as f64 / 2.0;
+    let (tput64, tput1k) = (
+        measure::Throughput::total(t64),
+        measure::Throughput::total(t1k),
+    );
+    let (range64, range1k) = (
+        measure::Throughput::range(t64),
+        measure::Throughput::range(t1k),
+    );
     let (o64, r64) = (lat64.one_way.summary(), lat64.rtt.summary());
     let (o1k, r1k) = (lat1k.one_way.summary(), lat1k.rtt.summary());
     let wk = wake.ring.delay.summary();
@@ -517,10 +538,14 @@ fn results(
         floor_rtt_p999_ns: f.p999_ns,
         ratio_one_way_to_floor: ratio(o64.p50_ns, floor_one_way),
         ratio_one_way_to_floor_1k: ratio(o1k.p50_ns, floor_one_way),
-        throughput_64b_records_per_s: t64.records_per_s(),
-        throughput_64b_gb_per_s: t64.gb_per_s(),
-        throughput_1k_records_per_s: t1k.records_per_s(),
-        throughput_1k_gb_per_s: t1k.gb_per_s(),
+        throughput_64b_records_per_s: tput64.records_per_s(),
+        throughput_64b_gb_per_s: tput64.gb_per_s(),
+        throughput_64b_records_per_s_slowest_round: range64.0,
+        throughput_64b_records_per_s_fastest_round: range64.1,
+        throughput_1k_records_per_s: tput1k.records_per_s(),
+        throughput_1k_gb_per_s: tput1k.gb_per_s(),
+        throughput_1k_records_per_s_slowest_round: range1k.0,
+        throughput_1k_records_per_s_fastest_round: range1k.1,
         wakeup_p50_ns: wk.p50_ns,
         wakeup_p99_ns: wk.p99_ns,
         wakeup_max_ns: wk.max_ns,
