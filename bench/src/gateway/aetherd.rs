@@ -7,6 +7,7 @@
 //! If `down` fails, the pid in the state dir's pidfile is `SIGKILL`ed (aetherd
 //! promises that its handlers die with it).
 
+use super::interrupt::interrupted;
 use super::process::{wait_until_serving, ProcessError};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -266,7 +267,8 @@ impl Aetherd {
         let status: Option<ExitStatus> = loop {
             match child.try_wait() {
                 Ok(Some(s)) => break Some(s),
-                Ok(None) if Instant::now() < deadline => {
+                // A signal does not cut `down` short: it is the clean-up.
+                Ok(None) if Instant::now() < deadline && (verb == "down" || !interrupted()) => {
                     std::thread::sleep(Duration::from_millis(20))
                 }
                 Ok(None) | Err(_) => {

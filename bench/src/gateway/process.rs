@@ -41,6 +41,9 @@ pub enum ProcessError {
         waited: Duration,
         last: String,
     },
+    /// Ctrl-C or SIGTERM while waiting.
+    #[error("interrupted by a signal while waiting for {name}")]
+    Interrupted { name: String },
     /// No free loopback port.
     #[error("cannot reserve a loopback port: {0}")]
     Port(std::io::Error),
@@ -152,6 +155,11 @@ pub fn wait_until_serving(
     let start = Instant::now();
     let mut last = String::from("no attempt");
     while start.elapsed() < timeout {
+        if super::interrupt::interrupted() {
+            return Err(ProcessError::Interrupted {
+                name: name.to_owned(),
+            });
+        }
         alive()?;
         match Client::connect(addr).and_then(|mut c| c.fetch(&request)) {
             Ok((200, body)) if body == expected_body => return Ok(()),
