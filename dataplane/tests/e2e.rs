@@ -20,6 +20,7 @@
 //! | drain | a request in flight during `down` completes with 200 |
 //! | SIGTERM | stops aetherd, handlers and control segment like `down` |
 //! | concurrent aetherctl | 40 list/stats/logs calls from 8 threads all answer correctly |
+//! | update under load | redeploying a changed function while 2 keep-alive clients call: every request answered 200 (old instances serve until new ones are ready) |
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -1068,4 +1069,98 @@ fn command_output(program: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Tally of one client's answers (status, or the error) and how long its
+/// failures spanned (first to last).
+type LoadTally = (BTreeMap<String, usize>, Option<Duration>);
+
+/// A client that sends `GET path` over keep-alive connections until `stop`
+/// (or 20 s); failed attempts are spaced 5 ms apart, so the count is bounded.
+fn keep_calling(
+    port: u16,
+    path: &'static str,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<LoadTally> {
+    std::thread::spawn(move || {
+        let mut tally: BTreeMap<String, usize> = BTreeMap::new();
+        let mut conn: Option<Conn> = None;
+        let mut window: Option<(Instant, Instant)> = None;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // SYNC: Relaxed: a plain stop flag, no data behind it.
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+            let result = match conn.take() {
+                Some(c) => Ok(c),
+                None => Conn::open(port, Duration::from_secs(8)),
+            }
+            .and_then(|mut c| c.get(path).map(|r| (c, r)));
+            let key = match result {
+                Ok((c, r)) => {
+                    if !r.closes() {
+                        conn = Some(c);
+                    }
+                    r.status.to_string()
+                }
+                Err(e) => {
+                    std::thread::sleep(Duration::from_millis(5));
+                    let now = Instant::now();
+                    window = Some(window.map_or((now, now), |(first, _)| (first, now)));
+                    format!("error: {e}")
+                }
+            };
+            *tally.entry(key).or_default() += 1;
+        }
+        (tally, window.map(|(first, last)| last - first))
+    })
+}
+
+/// Redeploying a changed function under load: the old instances serve until
+/// the new ones are ready, so no request fails.
+#[test]
+fn update_under_load_fails_no_request() {
+    const T: &str = "update-under-load";
+    let spec = FunctionSpec::new("e2e-roll").env("E2E_VERSION", "1");
+    let Some((d, port)) = serve_one(T, spec.clone()) else {
+        return;
+    };
+    let file = d.path("v2.yaml");
+    let mut v2 = spec;
+    v2.port = port;
+    v2.environment = vec![("E2E_VERSION".into(), "2".into())];
+    d.write_config(&file, std::slice::from_ref(&v2));
+
+    eprintln!("[{T}] 2 keep-alive clients; deploy E2E_VERSION 2 while they call");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..2)
+        .map(|_| keep_calling(port, "/during", stop.clone()))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let out = d.ctl_ok(&["deploy", &file.display().to_string()]);
+    assert!(
+        out.lines().any(|l| l == "update e2e-roll"),
+        "deploy output: {out:?}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    // SYNC: Relaxed: see keep_calling.
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut during: BTreeMap<String, usize> = BTreeMap::new();
+    let mut windows = Vec::new();
+    for t in load {
+        let (tally, window) = t.join().unwrap();
+        windows.push(window);
+        for (k, n) in tally {
+            *during.entry(k).or_default() += n;
+        }
+    }
+    eprintln!("[{T}] answers: {during:?}; failures spanned {windows:?}");
+    let r = http::get(port, "/v", Duration::from_secs(5)).unwrap();
+    let version = Json::parse(&r.text())
+        .ok()
+        .and_then(|b| b.get("version").and_then(Json::as_str).map(str::to_string));
+    assert_eq!(version.as_deref(), Some("2"), "not updated: {}", r.text());
+    assert!(
+        during.keys().all(|k| k == "200"),
+        "requests failed while e2e-roll was updated (failures spanned {windows:?}): {during:?}\n{}",
+        d.log_report()
+    );
 }
