@@ -46,13 +46,37 @@ pub fn aetherd() -> PathBuf {
 }
 
 /// aetherctl, expected beside aetherd in the same target directory.
+///
+/// `cargo test -p dataplane` builds aetherd but not aetherctl; a stale
+/// aetherctl (older than a source it is built from) gets a loud warning.
 pub fn aetherctl() -> PathBuf {
+    static CHECKED: std::sync::Once = std::sync::Once::new();
     let ctl = aetherd().with_file_name("aetherctl");
     assert!(
         ctl.is_file(),
         "{} is missing: run `cargo build -p control` first (the end-to-end tests drive the real aetherctl)",
         ctl.display()
     );
+    CHECKED.call_once(|| {
+        let built = std::fs::metadata(&ctl).and_then(|m| m.modified()).ok();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let newer = ["control/src", "control/src/command", "config/src", "shm-abi/src"]
+            .iter()
+            .filter_map(|d| std::fs::read_dir(root.join(d)).ok())
+            .flatten()
+            .filter_map(|e| {
+                let e = e.ok()?;
+                let modified = e.metadata().ok()?.modified().ok()?;
+                (Some(modified) > built).then(|| e.path())
+            })
+            .collect::<Vec<_>>();
+        if !newer.is_empty() {
+            eprintln!(
+                "WARNING: {} is older than {newer:?}: run `cargo build -p control` (the tests drive that binary)",
+                ctl.display()
+            );
+        }
+    });
     ctl
 }
 
