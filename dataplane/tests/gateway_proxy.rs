@@ -179,7 +179,7 @@ fn ten_megabyte_bodies_stream_both_ways() {
     let block = vec![b'q'; 1 << 16];
     let mut left = N;
     while left > 0 {
-        let k = left.min(block.len() as u64) as usize;
+        let k = block.len().min(usize::try_from(left).unwrap());
         c.send(&block[..k]);
         left -= k as u64;
     }

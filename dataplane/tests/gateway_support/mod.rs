@@ -96,7 +96,7 @@ impl Wire {
             if self.buf.is_empty() && !self.more() {
                 return false;
             }
-            let take = (self.buf.len() as u64).min(n) as usize;
+            let take = self.buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
             if into.len() < KEEP {
                 into.extend_from_slice(&self.buf[..take]);
             }
@@ -418,7 +418,7 @@ fn serve_upstream_conn(
                 let block = vec![b'z'; 65536];
                 let mut left = n;
                 while ok && left > 0 {
-                    let k = left.min(block.len() as u64) as usize;
+                    let k = block.len().min(usize::try_from(left).unwrap_or(usize::MAX));
                     ok = w.stream.write_all(&block[..k]).is_ok();
                     left -= k as u64;
                 }
@@ -477,6 +477,8 @@ pub struct GatewayOptions {
     pub drain_timeout: Duration,
     pub metrics: Option<CoreMetrics>,
     pub core: usize,
+    /// glommio's spin-before-park (latency measurements).
+    pub spin: Option<Duration>,
 }
 
 impl Default for GatewayOptions {
@@ -491,6 +493,7 @@ impl Default for GatewayOptions {
             drain_timeout: Duration::from_secs(5),
             metrics: None,
             core: 0,
+            spin: None,
         }
     }
 }
@@ -504,8 +507,11 @@ pub fn start(
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
     let (tx, rx) = mpsc::channel();
-    let join = LocalExecutorBuilder::new(opts.placement)
-        .name("gw-test")
+    let mut builder = LocalExecutorBuilder::new(opts.placement.clone()).name("gw-test");
+    if let Some(spin) = opts.spin {
+        builder = builder.spin_before_park(spin);
+    }
+    let join = builder
         .spawn(move || async move {
             let std = bind_reuseport(opts.listen, 128).unwrap();
             tx.send(std.local_addr().unwrap()).unwrap();
