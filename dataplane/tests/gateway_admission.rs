@@ -12,7 +12,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use dataplane::gateway::{RouteSettings, TcpUpstream};
-use gateway_support::{backends, connect, dead_addr, get, start, upstream, GatewayOptions, Reply};
+use gateway_support::{
+    backends, connect, dead_addr, get, start, upstream, upstream_at, GatewayOptions, Reply,
+};
 
 fn opts(timeout_ms: u64, queue: usize) -> GatewayOptions {
     GatewayOptions {
@@ -147,6 +149,30 @@ fn refused_backend_is_skipped_and_the_request_retried() {
         fin.retries >= 1,
         "the dead backend was tried once, then suspect"
     );
+}
+
+#[test]
+fn queued_request_waits_for_a_refusing_backend_to_come_back() {
+    // The only backend refuses at first (an instance restarting), then
+    // listens: the request waits in the queue and is served before its
+    // deadline, without any other request arriving to stir the queue.
+    let addr = dead_addr();
+    let gw = start(opts(3_000, 16), backends(vec![(addr, 1)]));
+    let late = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(300));
+        upstream_at(addr, |_| Reply::ok("back"))
+    });
+    let t = Instant::now();
+    let r = get(gw.addr, "/");
+    let _up = late.join().unwrap();
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"back"[..]));
+    assert!(
+        t.elapsed() < Duration::from_millis(2_000),
+        "{:?}",
+        t.elapsed()
+    );
+    let fin = gw.stop();
+    assert!(fin.retries >= 1);
 }
 
 #[test]

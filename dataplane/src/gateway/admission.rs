@@ -137,21 +137,15 @@ impl Backend {
     }
 
     fn available(&self, now: &mut Option<Instant>) -> bool {
-        if self.in_flight.get() >= self.max_concurrency {
-            return false;
-        }
-        match self.suspect_until.get() {
-            None => true,
-            Some(until) => {
-                let now = *now.get_or_insert_with(Instant::now);
-                if now >= until {
-                    self.suspect_until.set(None);
-                    true
-                } else {
-                    false
-                }
+        // An expired suspect period is cleared even when the backend is busy,
+        // so `next_recovery` never reports a time already past.
+        if let Some(until) = self.suspect_until.get() {
+            if *now.get_or_insert_with(Instant::now) < until {
+                return false;
             }
+            self.suspect_until.set(None);
         }
+        self.in_flight.get() < self.max_concurrency
     }
 }
 
@@ -265,6 +259,22 @@ impl FunctionRoute {
             .suspect_until
             .set(Some(Instant::now() + SUSPECT_PERIOD));
         backend.pool.clear();
+    }
+
+    /// When the earliest suspect backend becomes eligible again, if any.
+    #[must_use]
+    pub fn next_recovery(&self) -> Option<Instant> {
+        self.backends
+            .borrow()
+            .iter()
+            .filter_map(|b| b.suspect_until.get())
+            .min()
+    }
+
+    /// Hands slots that became available without a release (a suspect
+    /// backend's period ended) to the queue.
+    pub fn redispatch(self: &Rc<Self>) {
+        self.dispatch();
     }
 
     /// Number of backends.
@@ -535,6 +545,22 @@ mod tests {
         assert!(r.remove_backend(q.backend().id()));
         assert!(!q.backend().is_live());
         assert_eq!(r.backend_count(), 1);
+    }
+
+    #[test]
+    fn queued_request_is_served_when_a_suspect_backend_recovers() {
+        let r = route(2);
+        r.add_backend(Rc::new(Fake(1)), 1);
+        let p = r.try_acquire().unwrap();
+        r.mark_suspect(p.backend());
+        drop(p);
+        let mut w = r.enqueue().unwrap();
+        assert!(poll_once(&mut w).is_none());
+        let at = r.next_recovery().unwrap();
+        std::thread::sleep(at.saturating_duration_since(Instant::now()));
+        r.redispatch();
+        assert!(poll_once(&mut w).is_some());
+        assert_eq!(r.next_recovery(), None);
     }
 
     #[derive(Debug, Clone)]

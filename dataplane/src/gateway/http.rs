@@ -124,6 +124,15 @@ pub enum Framing {
     UntilClose,
 }
 
+/// Who sent a request and to which address, for the fields the gateway adds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr<'a> {
+    /// The client's IP address, as text.
+    pub ip: &'a [u8],
+    /// The gateway address the client connected to, as text (`host:port`).
+    pub host: &'a [u8],
+}
+
 /// What the gateway needs to know about a parsed request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestHead {
@@ -360,10 +369,12 @@ fn write_framing(out: &mut Vec<u8>, framing: Framing) {
 
 /// Parses a request head at the start of `buf`. `Ok(None)`: incomplete, read
 /// more. On success the head to send upstream is appended to `out`;
-/// `client_ip` (e.g. `b"10.0.0.1"`) is appended to `X-Forwarded-For`.
+/// `client.ip` (e.g. `b"10.0.0.1"`) is appended to `X-Forwarded-For`;
+/// `client.host` is sent as `Host` for an HTTP/1.0 request without one (the
+/// gateway speaks HTTP/1.1 upstream, where `Host` is mandatory).
 pub fn parse_request(
     buf: &[u8],
-    client_ip: &[u8],
+    client: &ClientAddr<'_>,
     out: &mut Vec<u8>,
 ) -> Result<Option<RequestHead>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -426,14 +437,17 @@ pub fn parse_request(
             out.extend_from_slice(b": ");
             out.extend_from_slice(h.value);
             out.extend_from_slice(b", ");
-            out.extend_from_slice(client_ip);
+            out.extend_from_slice(client.ip);
             out.extend_from_slice(b"\r\n");
             continue;
         }
         write_field(out, h.name.as_bytes(), h.value);
     }
     if !forwarded {
-        write_field(out, b"x-forwarded-for", client_ip);
+        write_field(out, b"x-forwarded-for", client.ip);
+    }
+    if hosts == 0 {
+        write_field(out, b"host", client.host);
     }
     write_framing(out, body);
     out.extend_from_slice(b"\r\n");
@@ -580,7 +594,11 @@ mod tests {
 
     fn req(raw: &str) -> Result<Option<(RequestHead, String)>, HeadError> {
         let mut out = Vec::new();
-        parse_request(raw.as_bytes(), b"10.0.0.1", &mut out)
+        let client = ClientAddr {
+            ip: b"10.0.0.1",
+            host: b"gw:80",
+        };
+        parse_request(raw.as_bytes(), &client, &mut out)
             .map(|o| o.map(|h| (h, String::from_utf8(out).unwrap())))
     }
 
@@ -616,7 +634,9 @@ mod tests {
 
     #[test]
     fn keep_alive_defaults_per_version() {
-        assert!(!req("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap().0.keep_alive);
+        let (h, out) = req("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert!(!h.keep_alive);
+        assert!(out.ends_with("host: gw:80\r\n\r\n"), "{out}");
         assert!(
             !req("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
                 .unwrap()

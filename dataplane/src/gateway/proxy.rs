@@ -27,13 +27,15 @@ use glommio::timer::Timer;
 use super::admission::{AdmissionError, FunctionRoute, Permit};
 use super::body::{BodyError, BodyReader, BodyWriter, Step};
 use super::conn::Conn;
-use super::http::{self, ClientView, Framing, HeadError, RequestHead, ResponseHead};
+use super::http::{self, ClientAddr, ClientView, Framing, HeadError, RequestHead, ResponseHead};
 use super::metrics::FunctionMetrics;
 use super::signal::Signal;
 
 /// Queued output is written once it reaches this size.
 const FLUSH_AT: usize = 64 * 1024;
-/// Attempts per request (connect failures, broken pooled connections).
+/// Attempts per request on connections that broke after being obtained
+/// (stale pooled ones). Refused connects do not count: they are retried until
+/// the deadline, each refusing backend sitting out its suspect period.
 const MAX_ATTEMPTS: usize = 4;
 /// How long a closing connection keeps reading what the client still sends,
 /// so the error response is not destroyed by a reset.
@@ -343,6 +345,20 @@ async fn acquire(shared: &Shared) -> Result<Permit, Failure> {
         }
     }
     let _dequeue = Dequeue(&shared.metrics);
+    let mut wait = wait;
+    // Keep the place in the queue; meanwhile, wake up when a suspect backend
+    // becomes eligible again (no release would announce it).
+    while let Some(at) = shared.route.next_recovery() {
+        let served = future::or(async { Some((&mut wait).await) }, async {
+            Timer::new(at.saturating_duration_since(Instant::now())).await;
+            None
+        })
+        .await;
+        match served {
+            Some(permit) => return Ok(permit),
+            None => shared.route.redispatch(),
+        }
+    }
     Ok(wait.await)
 }
 
@@ -379,10 +395,11 @@ async fn forward(
                 }
                 Err(e) => {
                     tracing::debug!(function = shared.route.function(), backend = backend.id(), error = %e, "connect failed");
+                    // Nothing was sent: wait for another backend, or for
+                    // this one to recover, until the deadline (the suspect
+                    // period keeps this from spinning).
                     shared.route.mark_suspect(backend);
-                    if last {
-                        return Err(Failure::Upstream(e));
-                    }
+                    attempts -= 1;
                     core.retry();
                     continue;
                 }
@@ -542,12 +559,12 @@ async fn exchange(
 /// Reads a request head; `Ok(None)` when the client closed between requests.
 async fn read_request_head(
     client: &mut Conn,
-    client_ip: &[u8],
+    addr: &ClientAddr<'_>,
     out: &mut Vec<u8>,
 ) -> Result<Option<RequestHead>, HeadError> {
     loop {
         out.clear();
-        if let Some(h) = http::parse_request(client.buffered(), client_ip, out)? {
+        if let Some(h) = http::parse_request(client.buffered(), addr, out)? {
             client.consume(h.head_len);
             return Ok(Some(h));
         }
@@ -590,6 +607,14 @@ pub async fn serve_connection(shared: Rc<Shared>, stream: TcpStream) {
         .peer_addr()
         .map(|a| a.ip().to_string())
         .unwrap_or_else(|_| "unknown".into());
+    let host = stream
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    let addr = ClientAddr {
+        ip: ip.as_bytes(),
+        host: host.as_bytes(),
+    };
     // Failing to set options leaves a working, slower or untimed, connection.
     let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(shared.client_timeout));
@@ -611,7 +636,7 @@ pub async fn serve_connection(shared: Rc<Shared>, stream: TcpStream) {
             }
         }
         let started = Instant::now();
-        let head = match read_request_head(&mut client, ip.as_bytes(), &mut scratch.req).await {
+        let head = match read_request_head(&mut client, &addr, &mut scratch.req).await {
             Ok(Some(h)) => h,
             Ok(None) => return,
             Err(e) => {

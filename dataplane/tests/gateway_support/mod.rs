@@ -323,7 +323,15 @@ pub struct TestUpstream {
 }
 
 pub fn upstream(handler: impl Fn(&Message) -> Reply + Send + Sync + 'static) -> TestUpstream {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    upstream_at("127.0.0.1:0".parse().unwrap(), handler)
+}
+
+/// An upstream listening on `addr`.
+pub fn upstream_at(
+    addr: SocketAddr,
+    handler: impl Fn(&Message) -> Reply + Send + Sync + 'static,
+) -> TestUpstream {
+    let listener = TcpListener::bind(addr).unwrap();
     let addr = listener.local_addr().unwrap();
     let up = TestUpstream {
         addr,
