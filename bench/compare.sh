@@ -43,10 +43,12 @@ for tool in cargo python3; do
 done
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$repo"
-outdir="${outdir:-bench/results}"
+# A DIR given on the command line is relative to where we were called from;
+# the default is relative to the repository.
+outdir="${outdir:-$repo/bench/results}"
 mkdir -p "$outdir"
 outdir="$(cd "$outdir" && pwd)"
+cd "$repo"
 
 echo "==> building benchmarks: cargo build --release -p bench --bins"
 cargo build --release -p bench --bins
