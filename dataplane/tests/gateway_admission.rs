@@ -63,7 +63,7 @@ fn concurrency_one_queues_five_requests_in_order_none_fails() {
     let clients: Vec<_> = (0..5)
         .map(|i| {
             // Staggered so the arrival order is known.
-            thread::sleep(Duration::from_millis(8));
+            thread::sleep(Duration::from_millis(25));
             thread::spawn(move || get(addr, &format!("/{i}")))
         })
         .collect();
@@ -85,18 +85,18 @@ fn concurrency_one_queues_five_requests_in_order_none_fails() {
 
 #[test]
 fn full_queue_answers_503_with_retry_after() {
-    let up = upstream(|_| Reply::slow("done", Duration::from_millis(300)));
+    let up = upstream(|_| Reply::slow("done", Duration::from_millis(600)));
     let gw = start(opts(5_000, 1), backends(vec![(up.addr, 1)]));
     let addr = gw.addr;
     let busy = thread::spawn(move || get(addr, "/a"));
-    thread::sleep(Duration::from_millis(60));
+    thread::sleep(Duration::from_millis(100));
     let queued = thread::spawn(move || get(addr, "/b"));
-    thread::sleep(Duration::from_millis(60));
+    thread::sleep(Duration::from_millis(100));
     let t = Instant::now();
     let r = get(addr, "/c");
     assert_eq!(r.status, 503);
     assert_eq!(r.header("retry-after"), Some("1"));
-    assert!(t.elapsed() < Duration::from_millis(200), "503 is immediate");
+    assert!(t.elapsed() < Duration::from_millis(300), "503 is immediate");
     assert_eq!(busy.join().unwrap().status, 200);
     assert_eq!(queued.join().unwrap().status, 200);
 }
@@ -267,4 +267,73 @@ fn drain_deadline_closes_what_is_left() {
         stuck.join().unwrap().is_none(),
         "connection closed without a response"
     );
+}
+
+#[test]
+fn in_flight_and_queue_depth_are_visible_while_requests_wait() {
+    use dataplane::gateway::CoreMetrics;
+    use prometheus_client::registry::Registry;
+
+    let mut registry = Registry::default();
+    let metrics = CoreMetrics::register(&mut registry, 0);
+    let up = upstream(|_| Reply::slow("ok", Duration::from_millis(300)));
+    let gw = start(
+        GatewayOptions {
+            metrics: Some(metrics),
+            ..opts(5_000, 16)
+        },
+        backends(vec![(up.addr, 1)]),
+    );
+    let addr = gw.addr;
+    let clients: Vec<_> = (0..2)
+        .map(|_| thread::spawn(move || get(addr, "/")))
+        .collect();
+    thread::sleep(Duration::from_millis(120));
+    let text = encode(&registry);
+    assert!(
+        text.contains(r#"in_flight{core="0",function="fn"} 2"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"queue_depth{core="0",function="fn"} 1"#),
+        "{text}"
+    );
+    for c in clients {
+        assert_eq!(c.join().unwrap().status, 200);
+    }
+    // The gateway records a request right after writing its response.
+    let text = eventually(
+        &registry,
+        r#"requests_total{core="0",function="fn",status="200"} 2"#,
+    );
+    assert!(
+        text.contains(r#"in_flight{core="0",function="fn"} 0"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"queue_depth{core="0",function="fn"} 0"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"requests_total{core="0",function="fn",status="200"} 2"#),
+        "{text}"
+    );
+}
+
+/// The registry's text once it contains `needle` (waits up to 2 s).
+fn eventually(registry: &prometheus_client::registry::Registry, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let text = encode(registry);
+        if text.contains(needle) || Instant::now() > deadline {
+            return text;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn encode(registry: &prometheus_client::registry::Registry) -> String {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+    text
 }

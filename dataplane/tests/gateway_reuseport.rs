@@ -65,8 +65,22 @@ fn two_cores_share_the_port_and_both_accept() {
         "connections spread over both members: {a} / {b}"
     );
 
+    // The gateway records a request right after writing its response: give
+    // the last one a moment to be counted.
+    let want = [
+        format!(r#"requests_total{{core="0",function="fn",status="200"}} {a}"#),
+        format!(r#"requests_total{{core="1",function="fn",status="200"}} {b}"#),
+    ];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    loop {
+        text.clear();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        if want.iter().all(|w| text.contains(w.as_str())) || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     assert!(
         text.contains(&format!(
             r#"requests_total{{core="0",function="fn",status="200"}} {a}"#

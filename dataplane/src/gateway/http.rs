@@ -91,6 +91,12 @@ pub enum HeadError {
         /// The limit that was exceeded.
         limit: usize,
     },
+    /// A method the gateway does not proxy (`CONNECT` tunnels).
+    #[error("method {method} is not supported by the gateway")]
+    UnsupportedMethod {
+        /// The method as received.
+        method: String,
+    },
     /// The upstream answered `101 Switching Protocols` although the gateway
     /// never forwards `Upgrade`.
     #[error("upstream switched protocols without being asked to")]
@@ -104,7 +110,7 @@ impl HeadError {
     pub fn status(&self) -> u16 {
         match self {
             Self::HeadTooLarge { .. } | Self::TooManyHeaders { .. } => 431,
-            Self::UnsupportedTransferCoding { .. } => 501,
+            Self::UnsupportedTransferCoding { .. } | Self::UnsupportedMethod { .. } => 501,
             Self::UnexpectedUpgrade => 502,
             _ => 400,
         }
@@ -388,6 +394,11 @@ pub fn parse_request(
         return Err(HeadError::Malformed(httparse::Error::Token));
     };
     let headers = &*req.headers;
+    if method == "CONNECT" {
+        return Err(HeadError::UnsupportedMethod {
+            method: method.to_owned(),
+        });
+    }
 
     let conn = ConnectionTokens::collect(headers)?;
     let te = transfer_encoding(headers)?;
@@ -668,6 +679,8 @@ mod tests {
             req("GET / HTTP/1.1\r\n\r\n").unwrap_err(),
             HeadError::MissingHost
         );
+        let connect = req("CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n");
+        assert_eq!(connect.unwrap_err().status(), 501);
     }
 
     #[test]
