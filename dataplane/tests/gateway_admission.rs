@@ -289,35 +289,24 @@ fn in_flight_and_queue_depth_are_visible_while_requests_wait() {
         .map(|_| thread::spawn(move || get(addr, "/")))
         .collect();
     thread::sleep(Duration::from_millis(120));
-    let text = encode(&registry);
-    assert!(
-        text.contains(r#"in_flight{core="0",function="fn"} 2"#),
-        "{text}"
-    );
-    assert!(
-        text.contains(r#"queue_depth{core="0",function="fn"} 1"#),
-        "{text}"
-    );
+    assert_gauges(&encode(&registry), 2, 1);
     for c in clients {
         assert_eq!(c.join().unwrap().status, 200);
     }
     // The gateway records a request right after writing its response.
-    let text = eventually(
-        &registry,
-        r#"requests_total{core="0",function="fn",status="200"} 2"#,
-    );
-    assert!(
-        text.contains(r#"in_flight{core="0",function="fn"} 0"#),
-        "{text}"
-    );
-    assert!(
-        text.contains(r#"queue_depth{core="0",function="fn"} 0"#),
-        "{text}"
-    );
-    assert!(
-        text.contains(r#"requests_total{core="0",function="fn",status="200"} 2"#),
-        "{text}"
-    );
+    let done = r#"requests_total{core="0",function="fn",status="200"} 2"#;
+    let text = eventually(&registry, done);
+    assert!(text.contains(done), "{text}");
+    assert_gauges(&text, 0, 0);
+}
+
+fn assert_gauges(text: &str, in_flight: u64, queued: u64) {
+    for line in [
+        format!(r#"in_flight{{core="0",function="fn"}} {in_flight}"#),
+        format!(r#"queue_depth{{core="0",function="fn"}} {queued}"#),
+    ] {
+        assert!(text.contains(&line), "{line} not in\n{text}");
+    }
 }
 
 /// The registry's text once it contains `needle` (waits up to 2 s).
