@@ -152,10 +152,11 @@ impl CoreMetrics {
         let hdr_index = match latency.iter().position(|(f, _)| f == function) {
             Some(i) => i,
             None => {
-                // 1 ≤ low, high ≥ 2·low and sigfig 3 ≤ 5: the only ways
+                // 1 ≤ low, high ≥ 2·low and sigfig 2 ≤ 5: the only ways
                 // new_with_bounds can fail are excluded by these constants.
+                // Two significant digits (1 %) keep it at ~27 KiB.
                 #[allow(clippy::expect_used)]
-                let h = Hdr::new_with_bounds(1, HDR_MAX_US, 3).expect("valid constant bounds");
+                let h = Hdr::new_with_bounds(1, HDR_MAX_US, 2).expect("valid constant bounds");
                 latency.push((function.to_owned(), h));
                 latency.len() - 1
             }
