@@ -110,9 +110,13 @@ impl Shared {
         })
     }
 
-    /// Remove what `prepare` created (the egress bridge goes with its last `Arc`).
+    /// Remove what `prepare` created: the group's cgroup directory (empty by
+    /// now) and the egress bridge and NAT rules.
     pub fn teardown(self) {
-        drop(self.egress);
+        let _ = std::fs::remove_dir(self.cgroups.base());
+        if let Some(egress) = self.egress {
+            Egress::cleanup_stale(egress.config());
+        }
     }
 }
 
@@ -356,7 +360,8 @@ struct FunctionOnCore {
     stop_accepting: Rc<Signal>,
     /// Set to end the supervision task.
     stop_supervising: Rc<Cell<bool>>,
-    serve_task: glommio::task::JoinHandle<gateway::ServeReport>,
+    /// The gateway task; `None` until the function's listener is serving.
+    serve_task: Option<glommio::task::JoinHandle<gateway::ServeReport>>,
     supervise_task: glommio::task::JoinHandle<()>,
 }
 
@@ -442,29 +447,29 @@ fn desired_instances(f: &config::Function) -> usize {
 }
 
 async fn deploy(core: &Rc<CoreState>, f: config::Function) -> Result<(), String> {
-    // Replacing a function: the old one drains and stops first, since the
-    // new one needs its port.
-    let old = core.functions.borrow_mut().remove(&f.id);
-    if let Some(old) = old {
-        let deadline = Instant::now() + core.shared.orchestrator.drain_timeout();
-        stop_function(&core, old, deadline).await;
-    }
+    // Replacing a function is make-before-break: the new instances start
+    // beside the old ones, the new listener joins the port's SO_REUSEPORT
+    // group only once one of them is ready, and only then does the old
+    // function stop accepting and drain. A new function listens at once
+    // (requests queue until its first instance is ready), and binding first
+    // makes a port conflict this deploy's error.
+    let replacing = core.functions.borrow().contains_key(&f.id);
+    let addr = SocketAddr::new(core.shared.orchestrator.listen_addr, f.trigger_port);
+    let mut serve = ServeConfig::new(addr);
+    serve.drain_timeout = core.shared.orchestrator.drain_timeout();
+    let (fid, port, backlog) = (f.id.clone(), f.trigger_port, serve.backlog);
+    let bind = move || {
+        gateway::bind_reuseport(addr, backlog).map_err(|e| {
+            format!("function '{fid}': {e} (is another program using trigger_port {port}?)")
+        })
+    };
+    let early_listener = if replacing { None } else { Some(bind()?) };
     let settings = RouteSettings {
         timeout: f.timeout(),
         queue_size: f.queue_size as usize,
         ..RouteSettings::default()
     };
     let route = FunctionRoute::new(&f.id, settings);
-    let addr = SocketAddr::new(core.shared.orchestrator.listen_addr, f.trigger_port);
-    let mut serve = ServeConfig::new(addr);
-    serve.drain_timeout = core.shared.orchestrator.drain_timeout();
-    // Bound here, not inside the task, so a port conflict is this deploy's error.
-    let listener = gateway::bind_reuseport(addr, serve.backlog).map_err(|e| {
-        format!(
-            "function '{}': {e} (is another program using trigger_port {}?)",
-            f.id, f.trigger_port
-        )
-    })?;
     let spec = InstanceSpec::from_function(
         &f,
         Some(core.cpu),
@@ -477,41 +482,63 @@ async fn deploy(core: &Rc<CoreState>, f: config::Function) -> Result<(), String>
         desired_instances(&f),
         BackoffPolicy::default(),
     )));
-    let stop_accepting = Rc::new(Signal::new());
     let stop_supervising = Rc::new(Cell::new(false));
-    let backends = Rc::new(RefCell::new(HashMap::new()));
-    let stop = stop_accepting.clone();
-    let serve_task = glommio::spawn_local(gateway::serve_listener(
-        gateway::into_glommio(listener),
-        serve,
-        route.clone(),
-        core.metrics.clone(),
-        async move { stop.wait().await },
-    ))
-    .detach();
     let (first_tx, first_rx) = flume::bounded::<Result<(), String>>(1);
     let supervise_task = glommio::spawn_local(supervise(
         core.clone(),
         supervisor.clone(),
         route.clone(),
-        backends,
+        Rc::new(RefCell::new(HashMap::new())),
         stop_supervising.clone(),
         f.concurrency as usize,
         first_tx,
     ))
     .detach();
-    core.functions.borrow_mut().insert(
-        f.id.clone(),
-        FunctionOnCore {
-            function: f,
-            route,
-            supervisor,
-            stop_accepting,
-            stop_supervising,
-            serve_task,
-            supervise_task,
-        },
+    let mut new = FunctionOnCore {
+        function: f,
+        route,
+        supervisor,
+        stop_accepting: Rc::new(Signal::new()),
+        stop_supervising,
+        serve_task: None,
+        supervise_task,
+    };
+    let listener = match early_listener {
+        Some(l) => l,
+        None => {
+            // The old version keeps serving until the new one is ready.
+            let first = first_rx
+                .recv_async()
+                .await
+                .unwrap_or(Err("supervisor ended".into()));
+            match first.and_then(|()| bind()) {
+                Ok(l) => l,
+                Err(e) => {
+                    let deadline = Instant::now();
+                    stop_function(core, new, deadline).await;
+                    return Err(format!("{e}; the previous version keeps running"));
+                }
+            }
+        }
+    };
+    let stop = new.stop_accepting.clone();
+    new.serve_task = Some(
+        glommio::spawn_local(gateway::serve_listener(
+            gateway::into_glommio(listener),
+            serve,
+            new.route.clone(),
+            core.metrics.clone(),
+            async move { stop.wait().await },
+        ))
+        .detach(),
     );
+    let id = new.function.id.clone();
+    let old = core.functions.borrow_mut().insert(id, new);
+    if let Some(old) = old {
+        let deadline = Instant::now() + core.shared.orchestrator.drain_timeout();
+        stop_function(core, old, deadline).await;
+        return Ok(());
+    }
     first_rx
         .recv_async()
         .await
@@ -626,7 +653,11 @@ fn report_supervisor(
 /// (SIGTERM, SIGKILL after a short grace) without blocking the executor.
 async fn stop_function(core: &CoreState, f: FunctionOnCore, deadline: Instant) {
     f.stop_accepting.fire();
-    if let Some(report) = f.serve_task.await {
+    let report = match f.serve_task {
+        Some(task) => task.await,
+        None => None,
+    };
+    if let Some(report) = report {
         if report.forced > 0 {
             tracing::warn!(
                 "{}: {} connection(s) cut at the drain deadline",
@@ -654,6 +685,10 @@ async fn stop_function(core: &CoreState, f: FunctionOnCore, deadline: Instant) {
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
     core.lifecycle.set_instances(&f.function.id, &[]);
+    // The function's cgroup directory goes with its last instance; while
+    // another core (or a replacing version) still has instances in it, the
+    // kernel refuses (EBUSY) and the last one to stop removes it.
+    let _ = std::fs::remove_dir(core.shared.cgroups.base().join(&f.function.id));
 }
 
 fn list(core: &CoreState) -> Vec<(String, Vec<InstanceStatus>)> {

@@ -625,13 +625,29 @@ pub async fn serve_connection(shared: Rc<Shared>, stream: TcpStream) {
             if shared.drain.is_fired() {
                 return;
             }
-            let more = future::or(async { Some(client.fill().await) }, async {
+            // Waiting for the next request on an idle keep-alive connection.
+            // When the drain starts, the read is not cancelled (a request
+            // that arrived at that instant would be consumed and lost, and
+            // its client left hanging): the read side is shut down instead,
+            // so the pending read ends with either that request or EOF.
+            let fd = std::os::fd::AsRawFd::as_raw_fd(client.stream());
+            let mut fill = std::pin::pin!(client.fill());
+            let first = future::or(async { Some(fill.as_mut().await) }, async {
                 shared.drain.wait().await;
                 None
             })
             .await;
+            let more = match first {
+                Some(r) => r,
+                None => {
+                    // SAFETY: shutdown(2) on the connection's own descriptor,
+                    // which `client` keeps open; it touches no memory.
+                    unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+                    fill.as_mut().await
+                }
+            };
             match more {
-                Some(Ok(n)) if n > 0 => {}
+                Ok(n) if n > 0 => {}
                 _ => return,
             }
         }
