@@ -380,10 +380,10 @@ async fn forward(
     client_dirty: &Cell<bool>,
 ) -> Result<Upstreamed, Failure> {
     let core = shared.metrics.core();
-    let mut attempts = 0;
+    // Connections that broke after being obtained (see MAX_ATTEMPTS).
+    let mut broken = 0;
     loop {
-        attempts += 1;
-        let last = attempts >= MAX_ATTEMPTS;
+        let last = broken + 1 >= MAX_ATTEMPTS;
         let permit = acquire(shared).await?;
         let backend = permit.backend();
         let (mut up, reused) = match backend.pool().checkout() {
@@ -399,7 +399,6 @@ async fn forward(
                     // this one to recover, until the deadline (the suspect
                     // period keeps this from spinning).
                     shared.route.mark_suspect(backend);
-                    attempts -= 1;
                     core.retry();
                     continue;
                 }
@@ -412,6 +411,7 @@ async fn forward(
                     shared.route.mark_suspect(backend);
                 }
                 tracing::debug!(function = shared.route.function(), error = %e, reused, "write to upstream failed, retrying");
+                broken += 1;
                 core.retry();
                 continue;
             }
@@ -425,6 +425,7 @@ async fn forward(
             Ok(resp) => return Ok(Upstreamed { permit, up, resp }),
             Err(HeadReadError::Silent(e)) if reused && req.whole && head.idempotent && !last => {
                 tracing::debug!(function = shared.route.function(), error = %e, "reused upstream connection closed, retrying");
+                broken += 1;
                 core.retry();
             }
             Err(HeadReadError::Silent(e) | HeadReadError::Io(e)) => {
