@@ -21,6 +21,12 @@
 //! idle aetherd that spun would slow the other two, its idle cpu use is
 //! measured and reported (`aetherd_idle_cpu_pct`).
 //!
+//! The latency rounds run twice: as the machine is (the headline numbers and
+//! the targets), and with a `SCHED_IDLE` spinner on every cpu so no cpu sits
+//! in an idle state (`*_awake_*`). On a VM, waking a halted cpu costs an exit
+//! and an IPI through the hypervisor, once per hop; the awake numbers show the
+//! software path without that, the difference shows what idle states cost.
+//!
 //! **Shared cpus.** Our machines have 2 cores. Nothing is pinned: client
 //! threads, nginx's worker or aetherd's executors, and the handler's threads
 //! all share both cores, as they would on a small host. The numbers are thus
@@ -40,6 +46,7 @@ pub mod loadgen;
 pub mod nginx;
 pub mod process;
 
+use crate::affinity::IdleSpinner;
 use crate::cli::CommonArgs;
 use crate::clock::{timer_overhead_ns, utc_timestamp};
 use crate::histogram::Percentiles;
@@ -200,6 +207,7 @@ pub struct GatewayParameters {
 #[derive(Debug, Clone)]
 struct ModeResult {
     latency: Percentiles,
+    awake: Option<Percentiles>,
     rps: f64,
     errors: u64,
     ok_per_thread: Vec<u64>,
@@ -211,6 +219,8 @@ struct Mode {
     name: &'static str,
     addr: SocketAddr,
     probe: Option<LatencyProbe>,
+    /// The same, measured while idle-class spinners keep every cpu awake.
+    awake: Option<LatencyProbe>,
     ok: u64,
     errors: u64,
     window: Duration,
@@ -224,6 +234,7 @@ impl Mode {
             name,
             addr,
             probe: None,
+            awake: None,
             ok: 0,
             errors: 0,
             window: Duration::ZERO,
@@ -259,8 +270,11 @@ impl Mode {
         let rps = self.ok as f64 / self.window.as_secs_f64().max(f64::MIN_POSITIVE);
         Some(ModeResult {
             latency: probe.histogram().summary(),
+            awake: self.awake.as_ref().map(|p| p.histogram().summary()),
             rps,
-            errors: probe.errors() + self.errors,
+            errors: probe.errors()
+                + self.awake.as_ref().map_or(0, LatencyProbe::errors)
+                + self.errors,
             ok_per_thread: self.ok_per_thread.clone(),
         })
     }
@@ -491,7 +505,7 @@ pub fn run(args: &GatewayArgs) -> Result<PathBuf, GatewayError> {
             aetherd_instances: instances,
             aetherd_concurrency: args.aetherd_concurrency,
             schedule: "all set-ups run side by side; latency and throughput are measured in rounds that \
-                       alternate direct, nginx, aetherd"
+                       alternate direct, nginx, aetherd; latency again with SCHED_IDLE spinners on every cpu (*_awake_*)"
                 .to_owned(),
             pinning: format!(
                 "none: load-generator threads, proxy (nginx worker / aetherd executors) and handler threads share cpus {allowed:?}"
@@ -529,28 +543,26 @@ fn measure(
     args: &GatewayArgs,
     request: &[u8],
 ) -> Result<(), GatewayError> {
-    let per_round = plan.samples.div_ceil(plan.latency_rounds);
-    eprintln!(
-        "gateway: latency, 1 connection: {} warm-up + {} requests per mode in {} rounds",
-        plan.warmup,
-        per_round * plan.latency_rounds,
-        plan.latency_rounds
-    );
-    for m in modes.iter_mut() {
-        match LatencyProbe::connect(m.addr, request)
-            .and_then(|mut p| p.run(plan.warmup, false).map(|()| p))
-        {
-            Ok(p) => m.probe = Some(p),
-            Err(e) => m.fail(e)?,
-        }
-    }
-    for _ in 0..plan.latency_rounds {
-        for m in modes.iter_mut().filter(|m| m.active()) {
-            if let Some(Err(e)) = m.probe.as_mut().map(|p| p.run(per_round, true)) {
-                m.fail(e)?;
-            }
-        }
-    }
+    latency_rounds(modes, plan, request, "", |m| &mut m.probe)?;
+    // Again with every cpu kept out of its idle states: on a VM, waking an
+    // idle cpu (HLT exit, IPI through the hypervisor) costs tens of µs per
+    // hop and hides the software path; this run shows the path alone.
+    let allowed = crate::affinity::allowed_cpus().unwrap_or_default();
+    let spinners: Vec<IdleSpinner> = allowed
+        .iter()
+        .filter_map(|&cpu| IdleSpinner::start(cpu, &allowed).ok())
+        .collect();
+    latency_rounds(
+        modes,
+        plan,
+        request,
+        &format!(
+            " (cpus kept awake by {} idle-class spinners)",
+            spinners.len()
+        ),
+        |m| &mut m.awake,
+    )?;
+    drop(spinners);
     let round_window = plan.window / plan.throughput_rounds;
     eprintln!(
         "gateway: throughput, {} connections over {} client threads: {} rounds of {:?} warm-up + {round_window:?} per mode",
@@ -583,14 +595,49 @@ fn measure(
     for m in modes.iter() {
         if let Some(r) = m.result() {
             eprintln!(
-                "gateway: {:<7} p50 {:7.1} µs  p99 {:7.1} µs  p999 {:7.1} µs  {:9.0} req/s  {} errors",
+                "gateway: {:<7} p50 {:7.1} µs  p99 {:7.1} µs  p999 {:7.1} µs  (awake p50 {:7.1} µs)  {:9.0} req/s  {} errors",
                 m.name,
                 us(r.latency.p50_ns),
                 us(r.latency.p99_ns),
                 us(r.latency.p999_ns),
+                r.awake.map_or(f64::NAN, |a| us(a.p50_ns)),
                 r.rps,
                 r.errors
             );
+        }
+    }
+    Ok(())
+}
+
+/// Warm-up, then `plan.latency_rounds` rounds alternating over the active
+/// modes, into the probe `slot` picks.
+fn latency_rounds(
+    modes: &mut [Mode],
+    plan: &Plan,
+    request: &[u8],
+    condition: &str,
+    slot: fn(&mut Mode) -> &mut Option<LatencyProbe>,
+) -> Result<(), GatewayError> {
+    let per_round = plan.samples.div_ceil(plan.latency_rounds);
+    eprintln!(
+        "gateway: latency, 1 connection{condition}: {} warm-up + {} requests per mode in {} rounds",
+        plan.warmup,
+        per_round * plan.latency_rounds,
+        plan.latency_rounds
+    );
+    for m in modes.iter_mut().filter(|m| m.active()) {
+        match LatencyProbe::connect(m.addr, request)
+            .and_then(|mut p| p.run(plan.warmup, false).map(|()| p))
+        {
+            Ok(p) => *slot(m) = Some(p),
+            Err(e) => m.fail(e)?,
+        }
+    }
+    for _ in 0..plan.latency_rounds {
+        for m in modes.iter_mut().filter(|m| m.active()) {
+            if let Some(Err(e)) = slot(m).as_mut().map(|p| p.run(per_round, true)) {
+                m.fail(e)?;
+            }
         }
     }
     Ok(())
@@ -603,6 +650,9 @@ fn idle_cpu_pct(pid: libc::pid_t) -> Option<f64> {
     let spent = process::cpu_time(pid)?.checked_sub(before)?;
     Some(spent.as_secs_f64() * 100.0)
 }
+
+/// One per-mode entry of `results`, computed from the mode's numbers.
+type Field<'a> = dyn Fn(&ModeResult) -> Value + 'a;
 
 /// The flat `results` object and the targets of issue 3.
 fn results(
@@ -618,39 +668,38 @@ fn results(
         ("nginx", nginx),
         ("aetherd", aetherd),
     ] {
-        let get = |f: &dyn Fn(&ModeResult) -> Value| m.map_or(Value::Null, f);
-        r.insert(
-            format!("{mode}_p50_us"),
-            get(&|m| json!(us(m.latency.p50_ns))),
-        );
-        r.insert(
-            format!("{mode}_p99_us"),
-            get(&|m| json!(us(m.latency.p99_ns))),
-        );
-        r.insert(
-            format!("{mode}_p999_us"),
-            get(&|m| json!(us(m.latency.p999_ns))),
-        );
-        r.insert(
-            format!("{mode}_mean_us"),
-            get(&|m| json!(m.latency.mean_ns / 1000.0)),
-        );
-        r.insert(format!("{mode}_rps_c{connections}"), get(&|m| json!(m.rps)));
-        r.insert(format!("{mode}_errors"), get(&|m| json!(m.errors)));
-        r.insert(
-            format!("{mode}_ok_per_client_thread"),
-            get(&|m| json!(m.ok_per_thread)),
-        );
+        let awake = |m: &ModeResult, q: fn(&Percentiles) -> u64| m.awake.as_ref().map(|a| us(q(a)));
+        let fields: [(&str, &Field); 9] = [
+            ("p50_us", &|m| json!(us(m.latency.p50_ns))),
+            ("p99_us", &|m| json!(us(m.latency.p99_ns))),
+            ("p999_us", &|m| json!(us(m.latency.p999_ns))),
+            ("mean_us", &|m| json!(m.latency.mean_ns / 1000.0)),
+            ("awake_p50_us", &|m| json!(awake(m, |p| p.p50_ns))),
+            ("awake_p99_us", &|m| json!(awake(m, |p| p.p99_ns))),
+            (&format!("rps_c{connections}"), &|m| json!(m.rps)),
+            ("errors", &|m| json!(m.errors)),
+            ("ok_per_client_thread", &|m| json!(m.ok_per_thread)),
+        ];
+        for (suffix, f) in fields {
+            r.insert(format!("{mode}_{suffix}"), m.map_or(Value::Null, f));
+        }
     }
+    // Added latency: the mode's percentile minus direct's, same condition.
     let added = |m: Option<&ModeResult>, q: fn(&Percentiles) -> u64| {
         m.map_or(Value::Null, |m| {
             json!(us(q(&m.latency)) - us(q(&direct.latency)))
         })
     };
+    let added_awake = |m: Option<&ModeResult>| {
+        let pair = m.and_then(|m| m.awake.as_ref()).zip(direct.awake.as_ref());
+        json!(pair.map(|(a, d)| us(a.p50_ns) - us(d.p50_ns)))
+    };
     r.insert("aetherd_added_p50_us".into(), added(aetherd, |p| p.p50_ns));
     r.insert("aetherd_added_p99_us".into(), added(aetherd, |p| p.p99_ns));
+    r.insert("aetherd_added_awake_p50_us".into(), added_awake(aetherd));
     r.insert("nginx_added_p50_us".into(), added(nginx, |p| p.p50_ns));
     r.insert("nginx_added_p99_us".into(), added(nginx, |p| p.p99_ns));
+    r.insert("nginx_added_awake_p50_us".into(), added_awake(nginx));
     let ratio = match (aetherd, nginx) {
         (Some(a), Some(n)) if n.rps > 0.0 => Some(a.rps / n.rps),
         _ => None,
