@@ -53,7 +53,7 @@ use crate::affinity::{self, AffinityError, IdleSpinner};
 use crate::cli::CommonArgs;
 use crate::clock::{timer_overhead_ns, utc_timestamp};
 use crate::histogram::{HistogramError, LatencyHistogram};
-use crate::machine::Machine;
+use crate::machine::{steal_ms, Machine};
 use crate::report::{git_revision, Report, ReportError, Target};
 use crate::shared::{SharedError, SharedFile};
 use link::{Control, Link, RunFiles, Side};
@@ -260,12 +260,16 @@ pub struct RingResults {
     pub wakeup_voluntary_switches_per_record: f64,
     pub wakeup_floor_futex_p50_ns: u64,
     pub wakeup_floor_futex_p99_ns: u64,
+    pub wakeup_floor_futex_max_ns: u64,
     pub ratio_wakeup_to_futex_floor: f64,
     pub wakeup_awake_core_p50_ns: u64,
     pub wakeup_awake_core_p99_ns: u64,
     pub wakeup_floor_futex_awake_core_p50_ns: u64,
     pub wakeup_floor_futex_awake_core_p99_ns: u64,
     pub timer_overhead_ns: u64,
+    /// Hypervisor steal time on the two cpus during the run (ms; -1 when
+    /// `/proc/stat` has none): long stalls in the tails line up with it.
+    pub steal_ms: i64,
 }
 
 /// Runs the benchmark: as the parent (writes the JSON) or, with
@@ -311,6 +315,7 @@ fn run_parent(args: &RingArgs) -> Result<PathBuf, RingBenchError> {
     child_args.push(cores[1].to_string().into());
     let mut link = Link::parent(ctl, &exe, &child_args)?;
     affinity::pin_current_thread(cores[0], &allowed)?;
+    let steal_before = steal_ms(&cores);
     eprintln!(
         "ring: parent on cpu {}, child on cpu {}, ring capacity {} B{}",
         cores[0],
@@ -395,6 +400,10 @@ fn run_parent(args: &RingArgs) -> Result<PathBuf, RingBenchError> {
     drop(spinner);
     link.sync()?;
     link.finish()?;
+    let steal = match (steal_before, steal_ms(&cores)) {
+        (Some(a), Some(b)) => i64::try_from(b.saturating_sub(a)).unwrap_or(i64::MAX),
+        _ => -1,
+    };
     let wake = WakeRuns {
         futex,
         ring,
@@ -402,7 +411,7 @@ fn run_parent(args: &RingArgs) -> Result<PathBuf, RingBenchError> {
         ring_awake,
     };
 
-    let results = results(&floor, &lat64, &lat1k, &t64, &t1k, &wake);
+    let results = results(&floor, &lat64, &lat1k, &t64, &t1k, &wake, steal);
     let targets = targets(&results);
     let (git_rev, git_dirty) = git_revision();
     let report = Report {
@@ -500,6 +509,7 @@ fn results(
     t64: &[measure::Throughput],
     t1k: &[measure::Throughput],
     wake: &WakeRuns,
+    steal_ms: i64,
 ) -> RingResults {
     let f = floor.summary();
     #[allow(clippy::cast_precision_loss)] // nanoseconds
@@ -552,12 +562,14 @@ fn results(
         wakeup_voluntary_switches_per_record: wake.ring.voluntary_switches_per_record,
         wakeup_floor_futex_p50_ns: fx.p50_ns,
         wakeup_floor_futex_p99_ns: fx.p99_ns,
+        wakeup_floor_futex_max_ns: fx.max_ns,
         ratio_wakeup_to_futex_floor: ratio(wk.p50_ns, futex_p50),
         wakeup_awake_core_p50_ns: wk_awake.p50_ns,
         wakeup_awake_core_p99_ns: wk_awake.p99_ns,
         wakeup_floor_futex_awake_core_p50_ns: fx_awake.p50_ns,
         wakeup_floor_futex_awake_core_p99_ns: fx_awake.p99_ns,
         timer_overhead_ns: timer_overhead_ns(100_000),
+        steal_ms,
     }
 }
 
