@@ -131,8 +131,9 @@ pub struct GatewayArgs {
     #[arg(long, default_value = "/usr/sbin/nginx")]
     pub nginx: PathBuf,
 
-    /// Directory holding hello-native, aetherd and aetherctl [default: the
-    /// directory of this binary, i.e. target/release].
+    /// Directory holding hello-native, aetherd and aetherctl, used as it is
+    /// (no build) [default: the directory of this binary, i.e. target/release,
+    /// after building them there].
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
 
@@ -331,14 +332,27 @@ pub fn run(args: &GatewayArgs) -> Result<PathBuf, GatewayError> {
 
     let bin_dir = args.bin_dir.clone().unwrap_or_else(default_bin_dir);
     let mut errors: BTreeMap<String, String> = BTreeMap::new();
-    if !args.no_build {
-        if let Err(why) = build(&["native-hello", "dataplane", "control"]) {
-            errors.insert(
-                "aetherd".into(),
-                format!("build of dataplane/control failed: {why}"),
-            );
-            if let Err(why) = build(&["native-hello"]) {
-                eprintln!("gateway: building native-hello failed: {why}");
+    // An explicit --bin-dir is used as it is; otherwise the binaries are
+    // (re)built in this workspace, and a failed build is not papered over by
+    // stale binaries. Without cargo or the source tree, what is there is used.
+    if !args.no_build && args.bin_dir.is_none() {
+        match build(&["native-hello", "dataplane", "control"]) {
+            Build::Done => {}
+            Build::Unavailable(why) => eprintln!(
+                "gateway: not building ({why}); using the binaries in {}",
+                bin_dir.display()
+            ),
+            Build::Failed(why) => {
+                errors.insert(
+                    "aetherd".into(),
+                    format!("build of dataplane/control failed: {why}"),
+                );
+                if let Build::Failed(why) = build(&["native-hello"]) {
+                    return Err(GatewayError::HandlerMissing {
+                        path: bin_dir.join("hello-native"),
+                        why: format!(" (its build failed: {why})"),
+                    });
+                }
             }
         }
     }
@@ -740,8 +754,18 @@ fn default_bin_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("target/release"))
 }
 
-/// `cargo build --release -p …` in the workspace (progress on our stderr).
-fn build(packages: &[&str]) -> Result<(), String> {
+/// What [`build`] did.
+#[derive(Debug)]
+enum Build {
+    Done,
+    /// cargo or the workspace is not there (an installed binary).
+    Unavailable(String),
+    /// cargo ran and failed: the binaries may be stale.
+    Failed(String),
+}
+
+/// `cargo build --release -p …` in the workspace this binary was built from.
+fn build(packages: &[&str]) -> Build {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
@@ -753,14 +777,19 @@ fn build(packages: &[&str]) -> Result<(), String> {
         "gateway: cargo build --release -p {}",
         packages.join(" -p ")
     );
-    let out = cmd
+    let out = match cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .output()
-        .map_err(|e| format!("cannot run cargo in {}: {e}", root.display()))?;
+    {
+        Ok(out) => out,
+        Err(e) => {
+            return Build::Unavailable(format!("cannot run cargo in {}: {e}", root.display()))
+        }
+    };
     if out.status.success() {
-        return Ok(());
+        return Build::Done;
     }
     let text = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = text
@@ -768,7 +797,7 @@ fn build(packages: &[&str]) -> Result<(), String> {
         .filter(|l| l.starts_with("error"))
         .take(5)
         .collect();
-    Err(format!(
+    Build::Failed(format!(
         "cargo exited with {}: {}",
         out.status,
         lines.join(" | ")
