@@ -47,9 +47,6 @@ pub struct Shared {
     pub orchestrator: Arc<config::Orchestrator>,
     pub cgroups: CgroupRoot,
     pub egress: Option<Arc<Egress>>,
-    /// Cgroup group (and bridge) name of this aetherd: unique per state dir,
-    /// so several aetherd processes never clean up each other's instances.
-    pub group: String,
 }
 
 /// A short, stable tag for a state dir (FNV-1a), for kernel object names.
@@ -65,7 +62,9 @@ fn state_tag(dir: &std::path::Path) -> u32 {
 impl Shared {
     /// Find the memory cgroup hierarchy, remove what a dead aetherd with the
     /// same state dir left behind (killing its handlers), and set up the
-    /// egress bridge when a function wants it.
+    /// egress bridge when a function wants it. The cgroup group and bridge
+    /// names derive from the state dir, so several aetherd processes never
+    /// clean up each other's instances.
     pub fn prepare(cfg: &config::Config) -> Result<Shared, DaemonError> {
         let o = &cfg.orchestrator;
         let default_dir = std::path::Path::new(config::schema::orchestrator::STATE_DIR);
@@ -73,12 +72,14 @@ impl Shared {
         let (group, egress_cfg) = if o.state_dir == default_dir {
             ("aetherless".to_string(), EgressConfig::default())
         } else {
-            let mut eg = EgressConfig::default();
-            eg.bridge = format!("aeth{:06x}", tag & 0xff_ffff);
-            eg.veth_prefix = format!("a{:03x}", tag & 0xfff);
             // 10.201.0.0/16 ..= 10.250.0.0/16; 10.200/16 belongs to the default state dir.
             let second = 201 + u8::try_from(tag % 50).unwrap_or(0);
-            eg.subnet = Ipv4Addr::new(10, second, 0, 0);
+            let eg = EgressConfig {
+                bridge: format!("aeth{:06x}", tag & 0xff_ffff),
+                veth_prefix: format!("a{:03x}", tag & 0xfff),
+                subnet: Ipv4Addr::new(10, second, 0, 0),
+                ..EgressConfig::default()
+            };
             (format!("aetherless-{tag:08x}"), eg)
         };
         let cgroups = CgroupRoot::detect(&group)
@@ -106,7 +107,6 @@ impl Shared {
             orchestrator: Arc::new(o.clone()),
             cgroups,
             egress,
-            group,
         })
     }
 

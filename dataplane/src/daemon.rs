@@ -110,7 +110,7 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let mut registry = Registry::with_prefix("aether");
     let mut cores = Vec::with_capacity(cpus.len());
     for (index, executor) in cpus.iter().enumerate() {
-        let setup = CoreSetup::new(index, executor.clone(), &shared, &mut registry);
+        let setup = CoreSetup::new(index, *executor, &shared, &mut registry);
         cores.push(
             CoreHandle::spawn(setup).map_err(|reason| DaemonError::Executor {
                 cpu: executor.cpu,
