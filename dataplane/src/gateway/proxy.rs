@@ -14,9 +14,21 @@
 //! so is a reused connection that closes without answering when the whole
 //! request is still at hand and the method is idempotent. Anything else after
 //! the request was written is a 502.
+//!
+//! Quiet-core fast path: while a core serves at most one request, a wait for
+//! that request's response, or (with no request in flight) for the next
+//! request of a keep-alive client, busy-polls the socket for at most
+//! [`QUIET_SPIN`] before it waits the executor's way (see
+//! [`Conn::fill_now`]): on loopback the answer usually comes within that, and
+//! the request then costs no executor turn, park or wake-up. The poll also
+//! watches the core's other client connections (up to [`MAX_WATCHED`]), so
+//! their requests are not held up; timers, accepts and commands to the core
+//! wait at most [`QUIET_SPIN`]. With more connections, or more requests in
+//! flight, every wait is the executor's.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
+use std::os::fd::{AsRawFd as _, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -26,7 +38,7 @@ use glommio::timer::Timer;
 
 use super::admission::{AdmissionError, FunctionRoute, Permit};
 use super::body::{BodyError, BodyReader, BodyWriter, Step};
-use super::conn::Conn;
+use super::conn::{Conn, MAX_WATCHED};
 use super::http::{self, ClientAddr, ClientView, Framing, HeadError, RequestHead, ResponseHead};
 use super::metrics::FunctionMetrics;
 use super::signal::Signal;
@@ -44,6 +56,75 @@ const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 1 << 20;
 /// Status recorded for a request the client abandoned.
 pub const STATUS_CLIENT_GONE: u16 = 499;
+
+/// Longest a quiet core busy-polls for one socket before it waits the
+/// executor's way. Long enough for a fast handler's answer or a keep-alive
+/// client's next request; short enough that the cpu it costs when neither
+/// comes stays small.
+pub const QUIET_SPIN: Duration = Duration::from_micros(50);
+
+/// What the gateway is doing on this core (thread): its client sockets and
+/// requests in flight, over all functions.
+#[derive(Debug, Default)]
+struct CoreLoad {
+    clients: RefCell<Vec<RawFd>>,
+    in_flight: Cell<usize>,
+}
+
+thread_local! {
+    static LOAD: CoreLoad = CoreLoad::default();
+}
+
+/// Keeps a client socket in [`CoreLoad::clients`] while it lives.
+struct ClientRegistration(RawFd);
+
+impl ClientRegistration {
+    fn new(fd: RawFd) -> Self {
+        LOAD.with(|l| l.clients.borrow_mut().push(fd));
+        Self(fd)
+    }
+}
+
+impl Drop for ClientRegistration {
+    fn drop(&mut self) {
+        LOAD.with(|l| {
+            let mut clients = l.clients.borrow_mut();
+            if let Some(i) = clients.iter().position(|&fd| fd == self.0) {
+                clients.swap_remove(i);
+            }
+        });
+    }
+}
+
+/// Counts a request in [`CoreLoad::in_flight`] while it lives.
+struct InFlight;
+
+impl InFlight {
+    fn new() -> Self {
+        LOAD.with(|l| l.in_flight.set(l.in_flight.get() + 1));
+        Self
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        LOAD.with(|l| l.in_flight.set(l.in_flight.get().saturating_sub(1)));
+    }
+}
+
+/// The quiet-core fast path (module docs): reads `conn` busy-polling for at
+/// most [`QUIET_SPIN`], if this core has exactly `in_flight` requests in flight and at
+/// most [`MAX_WATCHED`] other client connections. `None`: not quiet, or
+/// nothing arrived in time; wait the executor's way.
+fn fill_if_quiet(conn: &mut Conn, in_flight: usize) -> Option<io::Result<usize>> {
+    LOAD.with(|l| {
+        let clients = l.clients.borrow();
+        if l.in_flight.get() != in_flight || clients.len() > MAX_WATCHED + 1 {
+            return None;
+        }
+        conn.fill_now(QUIET_SPIN, &clients)
+    })
+}
 
 /// What the connections of one function on one core share.
 #[derive(Debug)]
@@ -318,7 +399,11 @@ async fn read_response_head(
             }
             Ok(None) => {
                 got_any |= !up.buffered().is_empty();
-                match up.fill().await {
+                let filled = match fill_if_quiet(up, 1) {
+                    Some(r) => r,
+                    None => up.fill().await,
+                };
+                match filled {
                     Ok(0) if got_any => return Err(HeadReadError::Io(truncated())),
                     Ok(0) => return Err(HeadReadError::Silent(truncated())),
                     Ok(_) => {}
@@ -462,6 +547,7 @@ async fn exchange(
     started: Instant,
     scratch: &mut Scratch,
 ) -> (u16, After) {
+    let _in_flight = InFlight::new();
     let settings = *shared.route.settings();
     if let Framing::Length(n) = head.body {
         if n > settings.max_body_bytes {
@@ -619,9 +705,17 @@ pub async fn serve_connection(shared: Rc<Shared>, stream: TcpStream) {
     // Failing to set options leaves a working, slower or untimed, connection.
     let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(shared.client_timeout));
+    let _registration = ClientRegistration::new(stream.as_raw_fd());
     let mut client = Conn::new(stream);
     let mut scratch = Scratch::default();
     loop {
+        if client.buffered().is_empty() && !shared.drain.is_fired() {
+            match fill_if_quiet(&mut client, 0) {
+                Some(Ok(n)) if n > 0 => {}
+                Some(_) => return,
+                None => {}
+            }
+        }
         if client.buffered().is_empty() {
             if shared.drain.is_fired() {
                 return;
