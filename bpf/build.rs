@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{exit, Command};
 
-const PROGRAMS: &[&str] = &["xdp_policy"];
+const PROGRAMS: &[&str] = &["xdp_policy", "reuseport"];
 const INCLUDE_ROOT: &str = "/usr/include";
 const REQUIRED_HEADERS: &[(&str, &str)] = &[
     ("bpf/bpf_helpers.h", "libbpf-dev"),

@@ -36,6 +36,8 @@ pub const PORT_ENABLED: u32 = 1 << 0;
 pub const PORT_ALLOW: u32 = 1 << 1;
 /// Capacity of the `ports` map.
 pub const MAX_PORTS: u32 = 4096;
+/// Capacity of the reuseport program's CPU → listener array (CPU ids above it fall back to the kernel's hash).
+pub const MAX_CPUS: u32 = 1024;
 /// Key of the `stats` bucket counting drops to ports absent from `ports`.
 pub const OTHER_PORT: u16 = 0;
 /// `function_slot` stored for allow-listed ports, which have no function.
@@ -98,6 +100,7 @@ const _: () = assert!(PORT_ENABLED as u64 == c_layout::AETHER_PORT_ENABLED);
 const _: () = assert!(PORT_ALLOW as u64 == c_layout::AETHER_PORT_ALLOW);
 const _: () = assert!(MAX_PORTS as u64 == c_layout::AETHER_MAX_PORTS);
 const _: () = assert!(OTHER_PORT as u64 == c_layout::AETHER_OTHER_PORT);
+const _: () = assert!(MAX_CPUS as u64 == c_layout::AETHER_MAX_CPUS);
 
 #[cfg(test)]
 mod tests {

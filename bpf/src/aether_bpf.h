@@ -38,6 +38,8 @@ struct port_stats {
 
 /* Capacity of the maps (the Rust side reads the same constants). */
 #define AETHER_MAX_PORTS 4096
+/* Capacity of the reuseport program's CPU -> listener array. */
+#define AETHER_MAX_CPUS 1024
 /* Key of the stats bucket that counts drops to ports absent from `ports`. */
 #define AETHER_OTHER_PORT 0
 

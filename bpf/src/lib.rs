@@ -1,5 +1,7 @@
 //! eBPF data plane of Aetherless: an XDP program that enforces the port policy
-//! before the kernel's network stack and counts traffic per destination port.
+//! before the kernel's network stack and counts traffic per destination port
+//! ([`XdpPolicy`]), and an sk_reuseport program that hands each connection to
+//! the listener of the CPU that received it ([`ReuseportCpuSelector`]).
 //!
 //! The programs are written in C (`src/*.bpf.c`), compiled by clang
 //! (`-target bpf -O2 -g`) from `build.rs` and loaded with aya. The structs they
@@ -69,6 +71,9 @@
 //! ([`XdpPolicy::run_on`]).
 
 pub mod abi;
+mod reuseport;
+
+pub use reuseport::{ReuseportCpuSelector, REUSEPORT_PROGRAM_NAME};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -200,6 +205,19 @@ pub enum BpfError {
     /// Port 0 is the "other" statistics bucket and cannot carry a policy.
     #[error("port 0 cannot be given a policy (its stats bucket counts drops to unknown ports)")]
     PortZero,
+    /// Attaching the sk_reuseport program to a socket's group failed.
+    #[error("cannot attach the sk_reuseport program to the socket's SO_REUSEPORT group: {source}")]
+    ReuseportAttach {
+        /// aya's error.
+        #[source]
+        source: Box<ProgramError>,
+    },
+    /// CPU ids at or above [`abi::MAX_CPUS`] have no slot in the listener array.
+    #[error("cpu {cpu} is beyond the listener array ({max} slots)", max = abi::MAX_CPUS)]
+    CpuOutOfRange {
+        /// The CPU id.
+        cpu: u32,
+    },
     /// A test run through `BPF_PROG_TEST_RUN` failed.
     #[error("BPF_PROG_TEST_RUN failed: {source}")]
     TestRun {
@@ -242,27 +260,16 @@ impl XdpPolicy {
     /// Loads the program into the kernel (verified, maps created) without
     /// attaching it anywhere; [`XdpPolicy::run_on`] works on it.
     pub fn load() -> Result<Self, BpfError> {
-        let object = "xdp_policy.bpf.o";
-        let mut ebpf = EbpfLoader::new()
-            .verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS)
-            .load(XDP_POLICY_OBJECT)
-            .map_err(|source| BpfError::Object {
-                object,
-                source: Box::new(source),
-            })?;
+        let mut ebpf = load_object("xdp_policy.bpf.o", XDP_POLICY_OBJECT)?;
         let program = xdp_program(&mut ebpf)?;
         program
             .load()
             .map_err(|source| load_error(XDP_PROGRAM_NAME, source))?;
-
-        let take = |ebpf: &mut Ebpf, name: &'static str| {
-            ebpf.take_map(name).ok_or(BpfError::MissingMap { name })
-        };
-        let ports =
-            HashMap::try_from(take(&mut ebpf, "ports")?).map_err(map_error("opening", "ports"))?;
-        let config =
-            Array::try_from(take(&mut ebpf, "config")?).map_err(map_error("opening", "config"))?;
-        let stats = PerCpuHashMap::try_from(take(&mut ebpf, "stats")?)
+        let ports = HashMap::try_from(take_map(&mut ebpf, "ports")?)
+            .map_err(map_error("opening", "ports"))?;
+        let config = Array::try_from(take_map(&mut ebpf, "config")?)
+            .map_err(map_error("opening", "config"))?;
+        let stats = PerCpuHashMap::try_from(take_map(&mut ebpf, "stats")?)
             .map_err(map_error("opening", "stats"))?;
         Ok(Self {
             ebpf,
@@ -474,14 +481,28 @@ fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
 }
 
 fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, BpfError> {
-    ebpf.program_mut(XDP_PROGRAM_NAME)
-        .ok_or(BpfError::MissingProgram {
-            name: XDP_PROGRAM_NAME,
-        })?
-        .try_into()
-        .map_err(|_| BpfError::MissingProgram {
-            name: XDP_PROGRAM_NAME,
+    let missing = BpfError::MissingProgram {
+        name: XDP_PROGRAM_NAME,
+    };
+    match ebpf.program_mut(XDP_PROGRAM_NAME) {
+        Some(program) => program.try_into().map_err(|_| missing),
+        None => Err(missing),
+    }
+}
+
+/// Parses `bytes` and creates its maps (programs are loaded one by one).
+fn load_object(object: &'static str, bytes: &[u8]) -> Result<Ebpf, BpfError> {
+    EbpfLoader::new()
+        .verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS)
+        .load(bytes)
+        .map_err(|source| BpfError::Object {
+            object,
+            source: Box::new(source),
         })
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, BpfError> {
+    ebpf.take_map(name).ok_or(BpfError::MissingMap { name })
 }
 
 fn load_error(program: &'static str, source: ProgramError) -> BpfError {

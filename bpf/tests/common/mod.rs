@@ -10,8 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Why kernel tests cannot run here, if they cannot.
 pub fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         return Some("not root: loading BPF and creating network namespaces need root".into());
     }
     None
