@@ -10,7 +10,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{exit, Command};
 
-const PROGRAMS: &[&str] = &["xdp_policy", "reuseport"];
+/// Programs under `src/`, and a test fixture the verifier must reject.
+const PROGRAMS: &[&str] = &["xdp_policy", "reuseport", "testdata/rejected"];
 const INCLUDE_ROOT: &str = "/usr/include";
 const REQUIRED_HEADERS: &[(&str, &str)] = &[
     ("bpf/bpf_helpers.h", "libbpf-dev"),
@@ -94,7 +95,7 @@ fn main() {
     for program in PROGRAMS {
         let source = src.join(format!("{program}.bpf.c"));
         println!("cargo:rerun-if-changed=src/{program}.bpf.c");
-        let object = out_dir.join(format!("{program}.bpf.o"));
+        let object = out_dir.join(format!("{}.bpf.o", program.replace('/', "_")));
         run(
             Command::new(&clang)
                 .args(["-target", "bpf", "-O2", "-g", "-Wall", "-Werror"])

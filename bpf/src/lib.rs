@@ -153,8 +153,9 @@ pub enum BpfError {
         name: &'static str,
     },
     /// The kernel refused the program; `verifier_log` says why when the
-    /// verifier rejected it (empty for other failures).
-    #[error("the kernel refused program {program}: {source}\nverifier log:\n{verifier_log}")]
+    /// verifier rejected it (empty for other failures). The message shows it
+    /// once: aya's error text already ends with the log.
+    #[error("the kernel refused program {program}: {source}")]
     Load {
         /// The program name.
         program: &'static str,
@@ -514,5 +515,57 @@ fn load_error(program: &'static str, source: ProgramError) -> BpfError {
         program,
         verifier_log,
         source: Box::new(source),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+    use super::*;
+
+    static REJECTED_OBJECT: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/testdata_rejected.bpf.o"));
+
+    #[test]
+    fn verifier_rejection_carries_the_log() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP verifier_rejection_carries_the_log: not root, cannot load BPF");
+            return;
+        }
+        let mut ebpf = match load_object("rejected.bpf.o", REJECTED_OBJECT) {
+            Ok(ebpf) => ebpf,
+            Err(error) => {
+                eprintln!("SKIP verifier_rejection_carries_the_log: cannot create maps: {error}");
+                return;
+            }
+        };
+        let program: &mut Xdp = ebpf
+            .program_mut("aether_rejected")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let error = load_error("aether_rejected", program.load().unwrap_err());
+        let BpfError::Load {
+            verifier_log,
+            source,
+            ..
+        } = &error
+        else {
+            panic!("not a load error: {error}");
+        };
+        if source.to_string().contains("Operation not permitted") {
+            eprintln!("SKIP verifier_rejection_carries_the_log: BPF not permitted (not root?)");
+            return;
+        }
+        assert!(
+            verifier_log.contains("invalid access to packet"),
+            "log: {verifier_log}"
+        );
+        assert!(
+            error.to_string().contains("invalid access to packet"),
+            "{error}"
+        );
+        eprintln!("the error reads:\n{error}");
     }
 }
