@@ -173,7 +173,7 @@ pub enum BpfError {
     },
     /// Attaching failed (e.g. another XDP program is attached, or the driver
     /// has no native XDP).
-    #[error("cannot attach XDP in {mode} mode to {ifname}: {source}{native_error}")]
+    #[error("cannot attach XDP in {mode} mode to {ifname}: {detail}{native_error}")]
     Attach {
         /// The interface name.
         ifname: String,
@@ -181,6 +181,8 @@ pub enum BpfError {
         mode: XdpAttachMode,
         /// In [`XdpAttachMode::Auto`], why native mode failed first.
         native_error: String,
+        /// aya's error with its causes (aya's own message omits the errno).
+        detail: String,
         /// aya's error.
         #[source]
         source: Box<ProgramError>,
@@ -227,6 +229,29 @@ pub enum BpfError {
         source: Box<ProgramError>,
     },
 }
+
+impl BpfError {
+    /// Whether the kernel refused for lack of privilege (EPERM: neither root
+    /// nor CAP_BPF/CAP_NET_ADMIN, or BPF disabled for this user), so the
+    /// caller can say "run as root" instead of reporting a bug.
+    pub fn is_permission_denied(&self) -> bool {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(error) = cause {
+            if let Some(io) = error.downcast_ref::<std::io::Error>() {
+                if io.raw_os_error() == Some(EPERM) {
+                    return true;
+                }
+            }
+            cause = error.source();
+        }
+        false
+    }
+}
+
+/// EPERM, the errno of a BPF syscall refused for lack of privilege (not
+/// EACCES, which is the verifier's rejection: both are `PermissionDenied` for
+/// `std::io::ErrorKind`, hence the raw number).
+const EPERM: i32 = 1;
 
 fn map_error(op: &'static str, map: &'static str) -> impl FnOnce(MapError) -> BpfError {
     move |source| BpfError::Map {
@@ -316,6 +341,7 @@ impl XdpPolicy {
                         ifname: ifname.to_string(),
                         mode,
                         native_error: String::new(),
+                        detail: error_chain(&source),
                         source: Box::new(source),
                     },
                 })
@@ -323,18 +349,20 @@ impl XdpPolicy {
         let used = match mode {
             XdpAttachMode::Auto => match try_mode(program, XdpAttachMode::Native) {
                 Ok(()) => XdpAttachMode::Native,
-                Err(BpfError::Attach { source, .. }) => {
-                    let native_error = format!(" (native mode failed first: {source})");
+                Err(BpfError::Attach { detail, .. }) => {
+                    let native_error = format!(" (native mode failed first: {detail})");
                     try_mode(program, XdpAttachMode::Generic).map_err(|error| match error {
                         BpfError::Attach {
                             ifname,
                             mode,
+                            detail,
                             source,
                             ..
                         } => BpfError::Attach {
                             ifname,
                             mode,
                             native_error,
+                            detail,
                             source,
                         },
                         other => other,
@@ -474,6 +502,18 @@ impl XdpPolicy {
     }
 }
 
+/// `error` and its causes, joined by ": ".
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        text.push_str(": ");
+        text.push_str(&error.to_string());
+        cause = error.source();
+    }
+    text
+}
+
 fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
     match result {
         Err(MapError::KeyNotFound) => Ok(()),
@@ -527,6 +567,22 @@ mod tests {
     static REJECTED_OBJECT: &[u8] =
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/testdata_rejected.bpf.o"));
 
+    fn syscall_failure(errno: i32) -> BpfError {
+        BpfError::TestRun {
+            source: Box::new(ProgramError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_prog_test_run",
+                io_error: std::io::Error::from_raw_os_error(errno),
+            })),
+        }
+    }
+
+    #[test]
+    fn permission_denied_means_eperm_not_the_verifiers_eacces() {
+        assert!(syscall_failure(1).is_permission_denied());
+        assert!(!syscall_failure(13).is_permission_denied());
+        assert!(!BpfError::PortZero.is_permission_denied());
+    }
+
     #[test]
     fn verifier_rejection_carries_the_log() {
         if !nix::unistd::geteuid().is_root() {
@@ -546,15 +602,10 @@ mod tests {
             .try_into()
             .unwrap();
         let error = load_error("aether_rejected", program.load().unwrap_err());
-        let BpfError::Load {
-            verifier_log,
-            source,
-            ..
-        } = &error
-        else {
+        let BpfError::Load { verifier_log, .. } = &error else {
             panic!("not a load error: {error}");
         };
-        if source.to_string().contains("Operation not permitted") {
+        if error.is_permission_denied() {
             eprintln!("SKIP verifier_rejection_carries_the_log: BPF not permitted (not root?)");
             return;
         }

@@ -35,7 +35,7 @@ fn setup(test: &str, mode: XdpAttachMode) -> Option<(NetnsPair, XdpPolicy)> {
     let attached = NetnsPair::in_ns(&pair.b, move || XdpPolicy::load_and_attach(VETH_B, mode));
     match attached {
         Ok(policy) => Some((pair, policy)),
-        Err(error) if error.to_string().contains("Operation not permitted") => {
+        Err(error) if error.is_permission_denied() => {
             eprintln!("SKIP {test}: BPF/XDP not permitted here: {error}");
             None
         }
@@ -214,6 +214,13 @@ fn disable_allow_and_remove_take_effect_live() {
     let Some((pair, mut policy)) = setup(test, XdpAttachMode::Generic) else {
         return;
     };
+    // A second program cannot take the interface while the first is attached.
+    let second = NetnsPair::in_ns(&pair.b, || {
+        XdpPolicy::load_and_attach(VETH_B, XdpAttachMode::Generic)
+    });
+    let error = second.expect_err("a second XDP attachment must fail");
+    eprintln!("{test}: second attachment: {error}");
+    assert!(matches!(error, bpf::BpfError::Attach { .. }), "{error}");
     let addr = IpAddr::V4(pair.addr_b);
     let sender = udp_sender(&pair, false);
     let fn_listener = udp_listener(&pair, addr, FN_PORT);

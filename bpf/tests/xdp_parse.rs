@@ -286,3 +286,19 @@ fn counters_count_packets_bytes_and_drops() {
         Err(bpf::BpfError::PortZero)
     ));
 }
+
+#[test]
+fn attaching_to_a_missing_interface_is_a_typed_error() {
+    let test = "attaching_to_a_missing_interface_is_a_typed_error";
+    let Some(mut policy) = load_or_skip(test) else {
+        return;
+    };
+    let error = policy
+        .attach("aeth-nonexist0", bpf::XdpAttachMode::Generic)
+        .unwrap_err();
+    assert!(
+        matches!(&error, bpf::BpfError::UnknownInterface { ifname } if ifname == "aeth-nonexist0"),
+        "{error}"
+    );
+    assert!(policy.attachment().is_none());
+}

@@ -32,10 +32,8 @@ pub fn load_or_skip(test: &str) -> Option<bpf::XdpPolicy> {
     }
     match bpf::XdpPolicy::load() {
         Ok(policy) => Some(policy),
-        Err(bpf::BpfError::Object { source, .. })
-            if source.to_string().contains("Operation not permitted") =>
-        {
-            eprintln!("SKIP {test}: BPF not permitted here: {source}");
+        Err(error) if error.is_permission_denied() => {
+            eprintln!("SKIP {test}: BPF not permitted here: {error}");
             None
         }
         Err(error) => panic!("{test}: loading the XDP program failed: {error}"),
