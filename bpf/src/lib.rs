@@ -60,15 +60,37 @@
 //! The interface name is resolved in the network namespace of the calling
 //! thread; once attached, the object may move to any thread.
 //!
+//! # Counters
+//!
+//! Counters live while their port has a policy: [`XdpPolicy::remove_port`]
+//! deletes them with it. If `stats` is full (4097 entries) a new port's
+//! packets are judged but not counted. Reading them ([`XdpPolicy::stats`])
+//! sums the per-CPU values; it does not reset them.
+//!
 //! # Tests
 //!
-//! `cargo test -p bpf` as root. The kernel tests create their own network
-//! namespaces (`aeth-<pid>-<n>-{a,b}`) joined by a veth pair with addresses in
-//! 10.213.0.0/16 and fd00:a37::/64, attach the program on B's end and send real
-//! UDP datagrams and TCP SYNs from A. They need root, `ip` (iproute2) and
-//! BPF/XDP; without them they print `SKIP: <reason>` and return. Packet parsing
-//! is also tested without namespaces through `BPF_PROG_TEST_RUN`
-//! ([`XdpPolicy::run_on`]).
+//! Run `cargo test -p bpf` as root (`-- --nocapture` shows the attach mode
+//! each test got and the SKIP lines). Without root, `ip` (iproute2) or BPF,
+//! the kernel tests print `SKIP <test>: <reason>` and return.
+//!
+//! - `tests/xdp_parse.rs`: the policy and the parser through
+//!   `BPF_PROG_TEST_RUN` ([`XdpPolicy::run_on`]) on crafted frames: VLAN and
+//!   QinQ, IPv4 options up to IHL 15, IPv6 extension chains up to and past the
+//!   limit, fragments, every truncation of valid frames, counters, live updates.
+//! - `tests/xdp_netns.rs`: real packets. Each test creates namespaces
+//!   `aeth-<pid>-<n>-{a,b}` joined by a veth pair (10.213.<n>.1/.2,
+//!   fd00:a37:<n>::1/::2), attaches the program to B's end (generic, and
+//!   native-or-generic) from a thread inside B, and sends from A: UDP
+//!   datagrams over IPv4 and IPv6 (exact packet/byte/drop counts), TCP connects
+//!   (the unknown port times out instead of being reset), raw frames with
+//!   VLAN/QinQ tags, IPv4 options and IPv6 extension headers (AF_PACKET; this
+//!   kernel has no 802.1Q devices), live disable/allow/remove, a second
+//!   attachment refused, and a SIGKILLed child leaving nothing attached. The
+//!   namespaces are deleted on drop.
+//! - `tests/reuseport.rs`: two `SO_REUSEPORT` listeners mapped to CPUs 0 and
+//!   1; clients pinned to each CPU connect over loopback; every connection is
+//!   accepted by its CPU's listener, and with the slots emptied the kernel's
+//!   hash spreads them over both (skips without CPUs 0 and 1).
 
 pub mod abi;
 mod reuseport;
