@@ -78,8 +78,8 @@
 //!   QinQ, IPv4 options up to IHL 15, IPv6 extension chains up to and past the
 //!   limit, fragments, every truncation of valid frames, counters, live updates.
 //! - `tests/xdp_netns.rs`: real packets. Each test creates namespaces
-//!   `aeth-<pid>-<n>-{a,b}` joined by a veth pair (10.213.<n>.1/.2,
-//!   fd00:a37:<n>::1/::2), attaches the program to B's end (generic, and
+//!   `aeth-<pid>-<n>-{a,b}` joined by a veth pair (`10.213.<n>.1`/`.2`,
+//!   `fd00:a37:<n>::1`/`::2`), attaches the program to B's end (generic, and
 //!   native-or-generic) from a thread inside B, and sends from A: UDP
 //!   datagrams over IPv4 and IPv6 (exact packet/byte/drop counts), TCP connects
 //!   (the unknown port times out instead of being reset), raw frames with
