@@ -81,6 +81,10 @@ fn main() {
     println!("cargo:rerun-if-changed=src/aether_bpf.h");
     println!("cargo:rerun-if-changed=src/abi_probe.c");
 
+    run(
+        Command::new(&clang).arg("--version"),
+        &format!("{clang} (BPF C compiler)"),
+    );
     for (header, package) in REQUIRED_HEADERS {
         let path = Path::new(INCLUDE_ROOT).join(header);
         if !path.exists() {
