@@ -311,6 +311,16 @@ fn child_attach_and_wait() {
     std::thread::sleep(Duration::from_secs(30));
 }
 
+/// The child process, killed if the test fails before it does.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A process killed with SIGKILL leaves no XDP program behind: the BPF link
 /// is a file descriptor the kernel closes with the process.
 #[test]
@@ -321,28 +331,30 @@ fn sigkill_detaches() {
     };
     drop(policy);
     assert!(pair.xdp_on_b().is_none());
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_attach_and_wait",
-            "--include-ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, &pair.b)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
+    let mut child = KillOnDrop(
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "child_attach_and_wait",
+                "--include-ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, &pair.b)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
     let attached = BufReader::new(stdout)
         .lines()
         .map_while(Result::ok)
         .any(|line| line.contains("ATTACHED"));
     assert!(attached, "child did not attach");
     assert!(pair.xdp_on_b().is_some(), "child's program attached");
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    child.0.kill().unwrap(); // SIGKILL
+    child.0.wait().unwrap();
     let deadline = Instant::now() + Duration::from_secs(3);
     while pair.xdp_on_b().is_some() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
