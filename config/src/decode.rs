@@ -477,32 +477,58 @@ impl Decoder<'_> {
                 .int(node, path, &s::CORES_COUNT)
                 .map_or(Cores::All, Cores::Count),
             NodeKind::Sequence(items) if !items.is_empty() => {
-                let mut ids = Vec::new();
-                let mut seen: HashMap<u32, Mark> = HashMap::new();
-                for (i, item) in items.iter().enumerate() {
-                    let item_path = format!("{path}[{i}]");
-                    let Some(id) = self.int::<u32>(item, &item_path, &s::CORE_ID) else {
-                        continue;
-                    };
-                    if let Some(first) = seen.get(&id) {
-                        let kind = ErrorKind::InvalidValue {
-                            value: id.to_string(),
-                            reason: format!(
-                                "CPU {id} is listed twice (first at line {}, column {})",
-                                first.line, first.column
-                            ),
-                        };
-                        self.error(item.mark, &item_path, kind);
-                        continue;
-                    }
-                    seen.insert(id, item.mark);
-                    ids.push(id);
-                }
-                Cores::List(ids)
+                Cores::List(self.unique_ints(items, path, &s::CORE_ID, "CPU"))
             }
             _ => {
                 self.wrong_type(node, path, expected);
                 Cores::All
+            }
+        }
+    }
+
+    /// The integers of a sequence, each in `spec`'s range and listed once;
+    /// bad and repeated entries are reported (`what` names one in the
+    /// message) and left out.
+    fn unique_ints<T>(&mut self, items: &[Node], path: &str, spec: &IntSpec, what: &str) -> Vec<T>
+    where
+        T: TryFrom<i64> + Copy + Eq + std::hash::Hash + std::fmt::Display,
+    {
+        let mut out = Vec::new();
+        let mut seen: HashMap<T, Mark> = HashMap::new();
+        for (i, item) in items.iter().enumerate() {
+            let item_path = format!("{path}[{i}]");
+            let Some(value) = self.int::<T>(item, &item_path, spec) else {
+                continue;
+            };
+            if let Some(first) = seen.get(&value) {
+                let kind = ErrorKind::InvalidValue {
+                    value: value.to_string(),
+                    reason: format!(
+                        "{what} {value} is listed twice (first at line {}, column {})",
+                        first.line, first.column
+                    ),
+                };
+                self.error(item.mark, &item_path, kind);
+                continue;
+            }
+            seen.insert(value, item.mark);
+            out.push(value);
+        }
+        out
+    }
+
+    /// `orchestrator.xdp.allow_ports`: a (possibly empty) list of unique ports.
+    fn allow_ports(&mut self, fields: &Fields<'_>) -> Vec<u16> {
+        use schema::orchestrator as s;
+        let path = "orchestrator.xdp.allow_ports";
+        let Some(node) = fields.get("allow_ports") else {
+            return s::XDP_ALLOW_PORTS.to_vec();
+        };
+        match &node.kind {
+            NodeKind::Sequence(items) => self.unique_ints(items, path, &s::XDP_ALLOW_PORT, "port"),
+            _ => {
+                self.wrong_type(node, path, "a list of ports, e.g. [22, 443] ([] for none)");
+                s::XDP_ALLOW_PORTS.to_vec()
             }
         }
     }
@@ -542,10 +568,12 @@ impl Decoder<'_> {
             },
         };
         let strict = self.bool_field(&f, p, "strict", false);
+        let allow_ports = self.allow_ports(&f);
         Some(Xdp {
             interface: interface?,
             mode,
             strict,
+            allow_ports,
         })
     }
 

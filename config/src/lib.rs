@@ -46,6 +46,7 @@
 //! | `orchestrator.xdp.interface` | string | 1..=15 chars | **required** in `xdp` | interface to attach to |
 //! | `orchestrator.xdp.mode` | `auto`, `native` or `generic` | — | `auto` | driver or skb mode; `auto` lets the kernel choose |
 //! | `orchestrator.xdp.strict` | boolean | — | `false` | drop packets to ports of unknown or disabled functions |
+//! | `orchestrator.xdp.allow_ports` | list of integers | each `1..=65535`, unique; `[]` allows none | `[22]` | ports that always pass (SSH by default, so strict mode cannot lock you out); a function's port takes precedence while it is deployed |
 //! | `functions` | sequence of mappings | — | `[]` (warning) | the functions; none is valid, for a later `aetherctl deploy` |
 //! | `functions[].id` | string | 1..=63 of `[a-zA-Z0-9_-]`, unique | **required** | function id (cgroup, log and metric names) |
 //! | `functions[].memory_limit_mb` | integer (MiB) | `1..=16384` | `128` | memory limit of each instance's cgroup |

@@ -116,6 +116,9 @@ pub struct Xdp {
     pub mode: XdpMode,
     /// Drop packets to ports of unknown or disabled functions.
     pub strict: bool,
+    /// Ports that always pass, strict or not (default `[22]`, so strict mode
+    /// does not lock the operator out of SSH). Unique, in the written order.
+    pub allow_ports: Vec<u16>,
 }
 
 /// How the XDP program is attached.

@@ -132,7 +132,11 @@ pub mod orchestrator {
     /// Shutdown drain deadline, ms.
     pub const DRAIN_TIMEOUT_MS: IntSpec = IntSpec::new("drain_timeout_ms", 0, 600_000, 10_000);
     /// Every key accepted in `orchestrator.xdp:`.
-    pub const XDP_FIELDS: &[&str] = &["interface", "mode", "strict"];
+    pub const XDP_FIELDS: &[&str] = &["interface", "mode", "strict", "allow_ports"];
+    /// Bounds of each `xdp.allow_ports` entry.
+    pub const XDP_ALLOW_PORT: IntSpec = IntSpec::new("allow_ports", 1, 65_535, 22);
+    /// Default `xdp.allow_ports`: SSH, so strict mode does not lock the operator out.
+    pub const XDP_ALLOW_PORTS: &[u16] = &[22];
     /// Longest interface name (IFNAMSIZ - 1).
     pub const IFNAME_MAX: usize = 15;
 }
@@ -258,6 +262,7 @@ pub fn reference_table() -> String {
         row("orchestrator.xdp.interface", "string", &format!("1..={} chars", o::IFNAME_MAX), "**required** in `xdp`", "interface to attach to"),
         row("orchestrator.xdp.mode", "`auto`, `native` or `generic`", "—", "`auto`", "driver or skb mode; `auto` lets the kernel choose"),
         row("orchestrator.xdp.strict", "boolean", "—", "`false`", "drop packets to ports of unknown or disabled functions"),
+        row("orchestrator.xdp.allow_ports", "list of integers", &format!("each `{}`, unique; `[]` allows none", o::XDP_ALLOW_PORT.range_text()), "`[22]`", "ports that always pass (SSH by default, so strict mode cannot lock you out); a function's port takes precedence while it is deployed"),
         row("functions", "sequence of mappings", "—", "`[]` (warning)", "the functions; none is valid, for a later `aetherctl deploy`"),
         row("functions[].id", "string", &format!("1..={} of `[a-zA-Z0-9_-]`, unique", f::ID_MAX_LEN), "**required**", "function id (cgroup, log and metric names)"),
         int_row(ff, &f::MEMORY_LIMIT_MB, "integer (MiB)", "memory limit of each instance's cgroup"),

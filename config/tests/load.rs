@@ -117,6 +117,7 @@ fn every_field_is_decoded() {
         (xdp.interface.as_str(), xdp.mode, xdp.strict),
         ("veth0", XdpMode::Generic, true)
     );
+    assert_eq!(xdp.allow_ports, [22, 8443]);
 
     let f = &cfg.functions[0];
     assert_eq!(f.id, "everything_1");
@@ -454,6 +455,33 @@ fn structural_mistakes_are_errors() {
         kinds,
         ["orchestrator.xdp.interface", "orchestrator.xdp.mode"]
     );
+    // allow_ports: default SSH, `[]` allows none, entries checked and unique.
+    let xdp = |yaml: &str| {
+        let cfg = config::load_str(yaml, "t.yaml", Path::new("/")).unwrap();
+        cfg.orchestrator.xdp.unwrap().allow_ports
+    };
+    assert_eq!(xdp("orchestrator:\n  xdp:\n    interface: eth0\n"), [22]);
+    assert_eq!(
+        xdp("orchestrator:\n  xdp:\n    interface: eth0\n    allow_ports: []\n"),
+        Vec::<u16>::new()
+    );
+    let e =
+        errs("orchestrator:\n  xdp:\n    interface: eth0\n    allow_ports: [22, 0, 22, 70000]\n");
+    let paths: Vec<_> = e.iter().map(|e| e.field_path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "orchestrator.xdp.allow_ports[1]",
+            "orchestrator.xdp.allow_ports[2]",
+            "orchestrator.xdp.allow_ports[3]"
+        ]
+    );
+    assert!(
+        matches!(&e[1].kind, ErrorKind::InvalidValue { reason, .. } if reason.contains("port 22 is listed twice")),
+        "{e:?}"
+    );
+    let e = errs("orchestrator:\n  xdp:\n    interface: eth0\n    allow_ports: 22\n");
+    assert!(matches!(&e[0].kind, ErrorKind::WrongType { .. }), "{e:?}");
     let e = errs("orchestrator:\n  metrics_addr: localhost\n  listen_addr: 1.2.3\n");
     assert_eq!(e.len(), 2, "{e:?}");
     let e = errs("orchestrator:\n  cores: [0, 0]\n");
