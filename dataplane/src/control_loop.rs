@@ -4,7 +4,8 @@
 //! idle (it wakes every `SIGNAL_POLL` to notice SIGTERM). Commands that touch
 //! functions are fanned out to every core over its command channel, and the
 //! cores' answers are merged here; nothing on a core's request path ever
-//! waits for this thread.
+//! waits for this thread. It also owns the XDP port policy (when attached) and
+//! keeps its ports in step with the deployed functions.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -20,6 +21,7 @@ use shm_abi::message::{
 use crate::core::{CoreHandle, FunctionCoreStats};
 use crate::daemon::{terminated, SIGNAL_POLL};
 use crate::instance::logs;
+use crate::xdp::XdpPortPolicy;
 
 /// State of the control loop: the deployed configuration and the cores.
 #[derive(Debug)]
@@ -28,6 +30,7 @@ pub struct ControlLoop {
     cores: Vec<CoreHandle>,
     started: Instant,
     metrics_addr: Option<SocketAddr>,
+    xdp: Option<XdpPortPolicy>,
 }
 
 impl ControlLoop {
@@ -37,6 +40,21 @@ impl ControlLoop {
             cores,
             started,
             metrics_addr: None,
+            xdp: None,
+        }
+    }
+
+    /// Hand over the attached XDP policy: from now on deploy and undeploy
+    /// update its ports, and shutdown detaches it.
+    pub fn set_xdp(&mut self, xdp: Option<XdpPortPolicy>) {
+        self.xdp = xdp;
+    }
+
+    /// Bring the XDP ports map in line with the deployed functions.
+    fn sync_xdp(&self) -> Result<(), String> {
+        match &self.xdp {
+            Some(xdp) => xdp.sync(&self.config.functions).map_err(|e| e.to_string()),
+            None => Ok(()),
         }
     }
 
@@ -53,6 +71,9 @@ impl ControlLoop {
                 Ok(()) => summary.push(format!("{} on :{}", f.id, f.trigger_port)),
                 Err(e) => summary.push(format!("{} FAILED: {e}", f.id)),
             }
+        }
+        if let Err(e) = self.sync_xdp() {
+            summary.push(format!("XDP FAILED: {e}"));
         }
         summary.join(", ")
     }
@@ -180,6 +201,9 @@ impl ControlLoop {
                     }
                 }
             }
+            if let Err(e) = self.sync_xdp() {
+                failures.push(e);
+            }
             if !failures.is_empty() {
                 return error(ErrorKind::Internal, failures.join("; "));
             }
@@ -227,6 +251,9 @@ impl ControlLoop {
             core.undeploy(id);
         }
         self.config.functions.retain(|f| f.id != id);
+        if let Err(e) = self.sync_xdp() {
+            return error(ErrorKind::Internal, format!("{id} undeployed, but {e}"));
+        }
         ReplyBody::Deployed {
             added: Vec::new(),
             updated: Vec::new(),

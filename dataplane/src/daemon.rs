@@ -1,12 +1,13 @@
 //! aetherd's life: start-up, the control loop, shutdown.
 //!
 //! ```text
-//! load config ─► state/log dirs ─► pidfile (flock) ─► clean up a dead aetherd's
+//! load config ─► state/log dirs ─► pidfile (flock) ─► XDP policy attached
+//! (`--xdp` / `orchestrator.xdp`, see `xdp`) ─► clean up a dead aetherd's
 //! leftovers (control segment, cgroups, bridge) ─► placement plan (numa) ─►
 //! one glommio executor per planned CPU ─► deploy the config's functions on
 //! every core ─► metrics endpoint ─► control segment (readiness: aetherctl
 //! sees it and gets a Pong) ─► control loop ─► drain ─► stop handlers ─►
-//! remove control segment and pidfile
+//! XDP detached ─► remove control segment and pidfile
 //! ```
 
 use std::path::PathBuf;
@@ -21,6 +22,7 @@ use crate::control_loop::ControlLoop;
 use crate::core::{CoreHandle, CoreSetup, Shared};
 use crate::metrics_http::MetricsServer;
 use crate::pidfile::PidFile;
+use crate::xdp::{XdpPortPolicy, XdpSettings};
 
 /// Command-line options of aetherd (see `main.rs`).
 #[derive(Debug, Clone)]
@@ -52,6 +54,8 @@ pub enum DaemonError {
     Metrics(#[from] crate::metrics_http::MetricsError),
     #[error("executor on cpu {cpu}: {reason}")]
     Executor { cpu: usize, reason: String },
+    #[error(transparent)]
+    Xdp(#[from] crate::xdp::XdpError),
     #[error("{0}")]
     Unsupported(String),
 }
@@ -76,12 +80,6 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     if let Some(dir) = &opts.state_dir {
         cfg.orchestrator.state_dir = dir.clone();
     }
-    if opts.xdp.is_some() || cfg.orchestrator.xdp.is_some() {
-        return Err(DaemonError::Unsupported(
-            "XDP is not available in this build yet (issue 5); remove orchestrator.xdp / --xdp"
-                .into(),
-        ));
-    }
     if opts.warm_pool {
         tracing::warn!("--warm-pool: CRIU warm pools are not in this build yet (issue 4); instances are spawned");
     }
@@ -90,6 +88,21 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         create_private_dir(dir)?;
     }
     let _pidfile = PidFile::acquire(&o.state_dir.join(config::runtime::PIDFILE))?;
+    // Before anything else is set up, so a failure leaves nothing to undo.
+    let xdp = match XdpSettings::resolve(opts.xdp.as_deref(), o.xdp.as_ref()) {
+        Some(settings) => {
+            let policy = XdpPortPolicy::attach(&settings)?;
+            tracing::info!(
+                "XDP attached to {} in {} mode, strict {}, allowed ports {:?}",
+                settings.interface,
+                policy.mode(),
+                settings.strict,
+                settings.allow_ports
+            );
+            Some(policy)
+        }
+        None => None,
+    };
     let control_path = o.state_dir.join(config::runtime::CONTROL_SEGMENT);
     if control_path.exists() {
         tracing::info!(
@@ -118,6 +131,9 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
             })?,
         );
     }
+    if let Some(xdp) = &xdp {
+        registry.register_collector(Box::new(xdp.collector()));
+    }
     let registry = Arc::new(registry);
     tracing::info!(
         "{} executor(s) on cpu(s) {:?}",
@@ -126,6 +142,7 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     );
 
     let mut control = ControlLoop::new(cfg.clone(), cores, started);
+    control.set_xdp(xdp);
     let initial = control.deploy_initial(&cfg);
     tracing::info!("deployed {} function(s): {initial}", cfg.functions.len());
 
@@ -138,6 +155,7 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let drain = control.serve(server, &terminate);
 
     tracing::info!("shutting down: draining for up to {} ms", drain.as_millis());
+    // Drops the XDP policy (detaches) after the cores stopped.
     control.shutdown(Instant::now() + drain);
     let _ = std::fs::remove_file(&control_path);
     drop(metrics);

@@ -9,3 +9,4 @@ pub mod instance;
 pub mod lifecycle_metrics;
 pub mod metrics_http;
 pub mod pidfile;
+pub mod xdp;

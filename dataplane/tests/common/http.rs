@@ -57,7 +57,12 @@ pub fn loopback(port: u16) -> SocketAddr {
 impl Conn {
     /// Connect with `timeout` for the connect and for every later read/write.
     pub fn open(port: u16, timeout: Duration) -> io::Result<Conn> {
-        let stream = TcpStream::connect_timeout(&loopback(port), timeout)?;
+        Conn::open_addr(loopback(port), timeout)
+    }
+
+    /// Like [`Conn::open`], to any address (e.g. a test's veth address).
+    pub fn open_addr(addr: SocketAddr, timeout: Duration) -> io::Result<Conn> {
+        let stream = TcpStream::connect_timeout(&addr, timeout)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         stream.set_nodelay(true)?;

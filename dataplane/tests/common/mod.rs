@@ -307,6 +307,10 @@ pub struct Daemon {
     /// stdout of the successful `up`.
     pub up_output: String,
     stopped: bool,
+    /// `orchestrator.listen_addr` (127.0.0.1 unless a test changes it).
+    listen_addr: String,
+    /// Extra lines of the orchestrator section (indented 2 spaces), e.g. `xdp:`.
+    orchestrator_extra: String,
     /// Cgroup directories of every handler seen (see `handler_pids`), removed
     /// on drop if aetherd left them behind.
     cgroups: std::sync::Mutex<std::collections::BTreeSet<PathBuf>>,
@@ -316,18 +320,35 @@ impl Daemon {
     /// Write the configuration and run `aetherctl up`; Err carries aetherctl's
     /// output and aetherd's log.
     pub fn start(name: &str, functions: Vec<FunctionSpec>) -> Result<Daemon, String> {
-        let mut d = Daemon::configure(name, functions);
-        eprintln!("[{name}] aetherctl -c {} up", d.config.display());
-        let out = d.ctl_timeout(&["up", "--timeout", "20"], Duration::from_secs(30));
+        Daemon::configure(name, functions).up()
+    }
+
+    /// Rewrite the configuration with this `listen_addr` and extra
+    /// orchestrator lines (indented 2 spaces, ending in a newline).
+    pub fn with_orchestrator(mut self, listen_addr: &str, extra: &str) -> Daemon {
+        self.listen_addr = listen_addr.to_string();
+        self.orchestrator_extra = extra.to_string();
+        self.write_config(&self.config.clone(), &self.functions.clone());
+        self
+    }
+
+    /// Run `aetherctl up` on the written configuration (see [`Daemon::start`]).
+    pub fn up(mut self) -> Result<Daemon, String> {
+        let name = self.name.clone();
+        eprintln!("[{name}] aetherctl -c {} up", self.config.display());
+        let out = self.ctl_timeout(&["up", "--timeout", "20"], Duration::from_secs(30));
         if !out.ok() {
-            return Err(format!("`aetherctl up` failed: {out}\n{}", d.log_report()));
+            return Err(format!(
+                "`aetherctl up` failed: {out}\n{}",
+                self.log_report()
+            ));
         }
         eprintln!("[{name}] {}", out.stdout.trim());
-        d.up_output = out.stdout;
-        d.stopped = false;
+        self.up_output = out.stdout;
+        self.stopped = false;
         // Records the handlers' cgroups, for clean-up if aetherd leaves them.
-        d.handler_pids();
-        Ok(d)
+        self.handler_pids();
+        Ok(self)
     }
 
     /// Write the configuration only (for tests that run `up` themselves).
@@ -360,6 +381,8 @@ impl Daemon {
             up_output: String::new(),
             // Nothing to stop until `up` ran.
             stopped: true,
+            listen_addr: "127.0.0.1".to_string(),
+            orchestrator_extra: String::new(),
             cgroups: std::sync::Mutex::default(),
         };
         d.write_config(&d.config.clone(), &d.functions.clone());
@@ -369,9 +392,11 @@ impl Daemon {
     /// The orchestrator section every file of this daemon shares.
     fn orchestrator_yaml(&self) -> String {
         format!(
-            "orchestrator:\n  state_dir: {}\n  log_dir: {}\n  metrics_addr: 127.0.0.1:0\n  listen_addr: 127.0.0.1\n  drain_timeout_ms: 2000\n",
+            "orchestrator:\n  state_dir: {}\n  log_dir: {}\n  metrics_addr: 127.0.0.1:0\n  listen_addr: {}\n  drain_timeout_ms: 2000\n{}",
             self.state_dir.display(),
-            self.log_dir.display()
+            self.log_dir.display(),
+            self.listen_addr,
+            self.orchestrator_extra
         )
     }
 
