@@ -27,6 +27,21 @@ const INITIAL_BUFFER: usize = 16 * 1024;
 const MAX_BUFFER: usize = MAX_HEAD_BYTES + 1024;
 /// Most other sockets [`Conn::fill_now`] watches besides its own.
 pub const MAX_WATCHED: usize = 16;
+/// After a busy-poll that found nothing in time, this many following
+/// [`Conn::fill_now`] calls on the same connection do not busy-poll (a slow
+/// handler or a client that thinks between requests costs little cpu).
+const SPIN_BACKOFF: u8 = 8;
+
+/// How a busy-poll ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Polled {
+    /// This socket is readable.
+    Own,
+    /// Another watched socket is.
+    Other,
+    /// Neither within the spin time.
+    TimedOut,
+}
 
 /// A buffered connection.
 #[derive(Debug)]
@@ -35,6 +50,8 @@ pub struct Conn {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// [`Conn::fill_now`] calls left that skip the busy-poll.
+    spin_skip: u8,
 }
 
 impl Conn {
@@ -45,6 +62,7 @@ impl Conn {
             buf: vec![0; INITIAL_BUFFER],
             start: 0,
             end: 0,
+            spin_skip: 0,
         }
     }
 
@@ -94,7 +112,8 @@ impl Conn {
     /// then. Returns `None` when nothing arrived in time or when one of
     /// `wake_on` (other sockets whose readiness the executor must handle; at
     /// most [`MAX_WATCHED`] are watched) became readable first: the caller
-    /// then waits the executor's way.
+    /// then waits the executor's way. After a busy-poll that timed out, the
+    /// next [`SPIN_BACKOFF`] calls only try the socket once.
     pub fn fill_now(&mut self, spin: Duration, wake_on: &[RawFd]) -> Option<io::Result<usize>> {
         if let Err(e) = self.make_room() {
             return Some(Err(e));
@@ -102,10 +121,17 @@ impl Conn {
         if let Some(r) = self.try_recv() {
             return Some(r);
         }
-        if self.poll_readable(spin, wake_on) {
-            self.try_recv()
-        } else {
-            None
+        if self.spin_skip > 0 {
+            self.spin_skip -= 1;
+            return None;
+        }
+        match self.poll_readable(spin, wake_on) {
+            Polled::Own => self.try_recv(),
+            Polled::Other => None,
+            Polled::TimedOut => {
+                self.spin_skip = SPIN_BACKOFF;
+                None
+            }
         }
     }
 
@@ -152,9 +178,8 @@ impl Conn {
 
     /// Busy-polls (`ppoll(2)` with a zero timeout, then `sched_yield(2)` so
     /// that a handler sharing the cpu runs) until this socket is readable
-    /// (data, end of stream or error: `true`), one of `wake_on` is, or `spin`
-    /// passed (`false`).
-    fn poll_readable(&self, spin: Duration, wake_on: &[RawFd]) -> bool {
+    /// (data, end of stream or error), one of `wake_on` is, or `spin` passed.
+    fn poll_readable(&self, spin: Duration, wake_on: &[RawFd]) -> Polled {
         let own = self.stream.as_raw_fd();
         let none = libc::pollfd {
             fd: -1,
@@ -193,11 +218,15 @@ impl Conn {
                     std::ptr::null(),
                 )
             };
+            if ready > 0 && fds.first().is_some_and(|f| f.revents != 0) {
+                return Polled::Own;
+            }
             if ready != 0 {
-                return ready > 0 && fds.first().is_some_and(|f| f.revents != 0);
+                // Another socket, or a poll error: the executor handles it.
+                return Polled::Other;
             }
             if Instant::now() >= deadline {
-                return false;
+                return Polled::TimedOut;
             }
             // SAFETY: sched_yield takes no arguments and touches no memory.
             unsafe { libc::sched_yield() };

@@ -60,7 +60,8 @@ pub const STATUS_CLIENT_GONE: u16 = 499;
 /// Longest a quiet core busy-polls for one socket before it waits the
 /// executor's way. Long enough for a fast handler's answer or a keep-alive
 /// client's next request; short enough that the cpu it costs when neither
-/// comes stays small.
+/// comes stays small (and a connection whose busy-poll timed out skips it
+/// for its next few waits: see [`Conn::fill_now`]).
 pub const QUIET_SPIN: Duration = Duration::from_micros(50);
 
 /// What the gateway is doing on this core (thread): its client sockets and
