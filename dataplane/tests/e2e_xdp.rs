@@ -6,9 +6,9 @@
 //! without `ip` (iproute2) or when the kernel refuses to load the program.
 //!
 //! ```text
-//!  root namespace                               namespace aexN<pid>
-//!  aetherd, XDP (generic, strict) on aeX<pid>    aeY<pid> 10.251.<n>.2/30
-//!  aeX<pid> 10.251.<n>.1/30  ◄──────── veth ───────►  clients (a thread in it)
+//!  root namespace                               namespace aexN<pid>-<k>
+//!  aetherd, XDP (generic, strict) on aeX<pid><k> aeY<pid><k> 10.251.<n>.2/30
+//!  aeX<pid><k> 10.251.<n>.1/30  ◄───── veth ─────►  clients (a thread in it)
 //! ```
 //!
 //! | step | proves |
@@ -19,6 +19,8 @@
 //! | live deploy / undeploy | a deployed function's port connects; once undeployed, it times out |
 //! | metrics | `aether_xdp_packets_total` counts the function's port, `aether_xdp_drops_total` the other port (under port 0, function `(none)`) |
 //! | `down` | the program is detached: the other port is reachable again |
+//! | `up --xdp IFACE`, no `orchestrator.xdp` | attached, not strict: the other port stays reachable; the function's port is counted |
+//! | `orchestrator.xdp` on a missing interface | aetherd exits 1 naming the interface and the cause, before any handler starts |
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -61,15 +63,16 @@ struct VethNetns {
 }
 
 impl VethNetns {
-    fn create() -> Result<VethNetns, String> {
+    /// Pair `k` (0..=9) of this test process.
+    fn create(k: u32) -> Result<VethNetns, String> {
         let pid = std::process::id();
-        let n = u8::try_from(pid % 250).unwrap() + 1;
+        let n = u8::try_from((pid * 10 + k) % 250).unwrap() + 1;
         let guard = VethNetns {
-            ns: format!("aexN{pid}"),
-            host: format!("aeX{pid}"),
+            ns: format!("aexN{pid}-{k}"),
+            host: format!("aeX{pid}{k}"),
             host_addr: Ipv4Addr::new(10, 251, n, 1),
         };
-        let peer = format!("aeY{pid}");
+        let peer = format!("aeY{pid}{k}");
         // Leftovers of an earlier run with the same pid.
         let _ = ip(&["link", "del", &guard.host]);
         let _ = ip(&["netns", "del", &guard.ns]);
@@ -142,6 +145,34 @@ impl Drop for VethNetns {
     }
 }
 
+/// Root, iproute2 and a kernel that loads the XDP program; a SKIP line otherwise.
+fn xdp_available(test: &str) -> bool {
+    if !require_root(test) {
+        return false;
+    }
+    if let Err(e) = ip(&["-V"]) {
+        eprintln!("SKIP {test}: no iproute2: {e}");
+        return false;
+    }
+    if let Err(e) = bpf::XdpPolicy::load() {
+        eprintln!("SKIP {test}: the kernel refuses the XDP program: {e}");
+        return false;
+    }
+    true
+}
+
+/// The checks of [`xdp_available`], veth pair `k`, and a listener on
+/// `0.0.0.0:<free port>` (the "other" port, of no function) with its port.
+fn setup(test: &str, k: u32) -> Option<(VethNetns, TcpListener, u16)> {
+    if !xdp_available(test) {
+        return None;
+    }
+    let net = VethNetns::create(k).unwrap();
+    let other = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+    let other_port = other.local_addr().unwrap().port();
+    Some((net, other, other_port))
+}
+
 /// The value of `name{port="P",function="F"}`, if that sample exists.
 fn sample(text: &str, name: &str, port: u16, function: &str) -> Option<u64> {
     let series = format!("{name}{{port=\"{port}\",function=\"{function}\"}} ");
@@ -153,20 +184,9 @@ fn sample(text: &str, name: &str, port: u16, function: &str) -> Option<u64> {
 #[test]
 fn strict_xdp_passes_functions_and_drops_other_ports() {
     const T: &str = "e2e_xdp";
-    if !require_root(T) {
+    let Some((net, other, other_port)) = setup(T, 0) else {
         return;
-    }
-    if let Err(e) = ip(&["-V"]) {
-        eprintln!("SKIP {T}: no iproute2: {e}");
-        return;
-    }
-    if let Err(e) = bpf::XdpPolicy::load() {
-        eprintln!("SKIP {T}: the kernel refuses the XDP program: {e}");
-        return;
-    }
-    let net = VethNetns::create().unwrap();
-    let other = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
-    let other_port = other.local_addr().unwrap().port();
+    };
     assert_eq!(
         net.connect(other_port, DROP_TIMEOUT),
         Ok(()),
@@ -187,20 +207,7 @@ fn strict_xdp_passes_functions_and_drops_other_ports() {
     assert!(d.log().contains("XDP attached to"), "{}", d.log_report());
 
     eprintln!("[{T}] GET {} from the namespace", net.addr(port));
-    let addr = net.addr(port);
-    let status = net.run(move || {
-        let mut last = String::new();
-        for _ in 0..150 {
-            match Conn::open_addr(addr, Duration::from_secs(5)).and_then(|mut c| c.get("/")) {
-                Ok(r) if r.status == 200 => return Ok(200),
-                Ok(r) => last = format!("status {}", r.status),
-                Err(e) => last = format!("error {e}"),
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Err(last)
-    });
-    assert_eq!(status, Ok(200), "{}", d.log_report());
+    assert_eq!(get_from_netns(&net, port), Ok(200), "{}", d.log_report());
 
     eprintln!("[{T}] connect to the other port {other_port}: dropped in strict mode");
     assert_eq!(
@@ -257,16 +264,73 @@ fn strict_xdp_passes_functions_and_drops_other_ports() {
     drop(other);
 }
 
+/// The GET of `port` on the veth address from inside the namespace, retried
+/// for up to 15 s until 200: Ok(200) or the last outcome.
+fn get_from_netns(net: &VethNetns, port: u16) -> Result<u16, String> {
+    let addr = net.addr(port);
+    net.run(move || {
+        let mut last = String::new();
+        for _ in 0..150 {
+            match Conn::open_addr(addr, Duration::from_secs(5)).and_then(|mut c| c.get("/")) {
+                Ok(r) if r.status == 200 => return Ok(200),
+                Ok(r) => last = format!("status {}", r.status),
+                Err(e) => last = format!("error {e}"),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(last)
+    })
+}
+
+/// `aetherctl up --xdp IFACE` without `orchestrator.xdp`: attached (auto
+/// mode), not strict, counting the function's port.
+#[test]
+fn xdp_flag_alone_attaches_without_strict_mode() {
+    const T: &str = "e2e_xdp_flag";
+    let Some((net, other, other_port)) = setup(T, 1) else {
+        return;
+    };
+    let mut d = Daemon::configure(T, vec![FunctionSpec::new("xdp-flag")])
+        .with_orchestrator("0.0.0.0", "")
+        .up_with(&["--xdp", &net.host])
+        .unwrap_or_else(|e| panic!("[{T}] {e}"));
+    let port = d.port("xdp-flag");
+    assert!(net.xdp_attached(), "ip link shows no XDP on {}", net.host);
+    assert!(
+        d.log().contains("strict false, allowed ports [22]"),
+        "{}",
+        d.log_report()
+    );
+    assert_eq!(get_from_netns(&net, port), Ok(200), "{}", d.log_report());
+    assert_eq!(
+        net.connect(other_port, DROP_TIMEOUT),
+        Ok(()),
+        "not strict: the other port must stay reachable"
+    );
+    let text = d.metrics().unwrap();
+    let packets = sample(&text, "aether_xdp_packets_total", port, "xdp-flag");
+    assert!(packets.is_some_and(|p| p >= 3), "{text}");
+    // Not strict: unknown ports pass uncounted.
+    assert_eq!(
+        sample(&text, "aether_xdp_drops_total", 0, "(none)"),
+        None,
+        "{text}"
+    );
+    assert!(d.down().ok());
+    assert!(
+        wait_for(Duration::from_secs(5), || !net.xdp_attached()),
+        "XDP still attached to {} after down",
+        net.host
+    );
+    drop(other);
+}
+
 /// `orchestrator.xdp` on a missing interface: aetherd stops at start-up with
 /// exit code 1 and an error naming the interface and the cause.
 #[test]
 fn attach_failure_is_a_startup_error() {
     const T: &str = "e2e_xdp_attach_failure";
-    if !require_root(T) {
-        return;
-    }
-    if let Err(e) = bpf::XdpPolicy::load() {
-        eprintln!("SKIP {T}: the kernel refuses the XDP program: {e}");
+    if !xdp_available(T) {
         return;
     }
     let missing = format!("aeZ{}", std::process::id());

@@ -333,10 +333,18 @@ impl Daemon {
     }
 
     /// Run `aetherctl up` on the written configuration (see [`Daemon::start`]).
-    pub fn up(mut self) -> Result<Daemon, String> {
+    pub fn up(self) -> Result<Daemon, String> {
+        self.up_with(&[])
+    }
+
+    /// `aetherctl up EXTRA...` (e.g. `--xdp IFACE`) on the written configuration.
+    pub fn up_with(mut self, extra: &[&str]) -> Result<Daemon, String> {
         let name = self.name.clone();
-        eprintln!("[{name}] aetherctl -c {} up", self.config.display());
-        let out = self.ctl_timeout(&["up", "--timeout", "20"], Duration::from_secs(30));
+        let shown = self.config.display();
+        eprintln!("[{name}] aetherctl -c {shown} up {}", extra.join(" "));
+        let mut args = vec!["up", "--timeout", "20"];
+        args.extend_from_slice(extra);
+        let out = self.ctl_timeout(&args, Duration::from_secs(30));
         if !out.ok() {
             return Err(format!(
                 "`aetherctl up` failed: {out}\n{}",
