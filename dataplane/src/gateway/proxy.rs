@@ -11,9 +11,13 @@
 //!
 //! Failures before any byte of the request left for a backend (refused
 //! connect, a pooled connection that breaks on the first write) are retried;
-//! so is a reused connection that closes without answering when the whole
-//! request is still at hand and the method is idempotent. Anything else after
-//! the request was written is a 502.
+//! so is a connection that closes or resets without a single byte of answer
+//! when the whole request is still at hand and the method is idempotent (RFC
+//! 9110 §9.2.2; nginx's `proxy_next_upstream error` does the same). A fresh
+//! connection that ends that way means the instance is dying (e.g. it was
+//! accepted from the backlog of a crashed handler), so its backend sits out
+//! its suspect period and the retry waits for another instance or the
+//! restart. Anything else after the request was written is a 502.
 //!
 //! Quiet-core fast path: while a core serves at most one request, a wait for
 //! that request's response, or (with no request in flight) for the next
@@ -509,8 +513,11 @@ async fn forward(
         match read_response_head(&mut up, client, head, &shared.drain, resp_out, client_dirty).await
         {
             Ok(resp) => return Ok(Upstreamed { permit, up, resp }),
-            Err(HeadReadError::Silent(e)) if reused && req.whole && head.idempotent && !last => {
-                tracing::debug!(function = shared.route.function(), error = %e, "reused upstream connection closed, retrying");
+            Err(HeadReadError::Silent(e)) if req.whole && head.idempotent && !last => {
+                if !reused {
+                    shared.route.mark_suspect(backend);
+                }
+                tracing::debug!(function = shared.route.function(), error = %e, reused, "upstream connection closed without answering, retrying");
                 broken += 1;
                 core.retry();
             }
