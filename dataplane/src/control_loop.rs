@@ -7,6 +7,7 @@
 //! waits for this thread. It also owns the XDP port policy (when attached) and
 //! keeps its ports in step with the deployed functions.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -21,6 +22,7 @@ use shm_abi::message::{
 use crate::core::{CoreHandle, FunctionCoreStats};
 use crate::daemon::{terminated, SIGNAL_POLL};
 use crate::instance::logs;
+use crate::steering::{self, Steering};
 use crate::xdp::XdpPortPolicy;
 
 /// State of the control loop: the deployed configuration and the cores.
@@ -31,6 +33,20 @@ pub struct ControlLoop {
     started: Instant,
     metrics_addr: Option<SocketAddr>,
     xdp: Option<XdpPortPolicy>,
+    /// sk_reuseport steering on or off (see [`crate::steering`]).
+    steering_mode: SteeringMode,
+    /// Each deployed function's selector, with the port whose group it serves.
+    steering: HashMap<String, (u16, Steering)>,
+}
+
+/// Whether listeners get an sk_reuseport selector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SteeringMode {
+    /// Try loading a selector per function.
+    On,
+    /// Turned off by `AETHER_REUSEPORT_STEERING`, or the program did not load
+    /// once (warned then; not retried).
+    Off,
 }
 
 impl ControlLoop {
@@ -41,6 +57,46 @@ impl ControlLoop {
             started,
             metrics_addr: None,
             xdp: None,
+            steering_mode: if steering::enabled_by_env() {
+                SteeringMode::On
+            } else {
+                tracing::info!(
+                    "{}=0: sk_reuseport steering off, the kernel's hash spreads connections",
+                    steering::STEERING_ENV
+                );
+                SteeringMode::Off
+            },
+            steering: HashMap::new(),
+        }
+    }
+
+    /// The selector for `f`'s listener group: the current one when the
+    /// function keeps its port (a replacement joins the same group), a newly
+    /// loaded one otherwise; `None` when steering is off.
+    fn steering_for(&mut self, f: &config::Function) -> Option<Steering> {
+        if self.steering_mode == SteeringMode::Off {
+            return None;
+        }
+        if let Some((port, s)) = self.steering.get(&f.id) {
+            if *port == f.trigger_port {
+                return Some(s.clone());
+            }
+        }
+        match Steering::load() {
+            Ok(s) => {
+                self.steering
+                    .insert(f.id.clone(), (f.trigger_port, s.clone()));
+                Some(s)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "sk_reuseport steering unavailable, the kernel's hash spreads connections \
+                     over the cores: {e}"
+                );
+                self.steering_mode = SteeringMode::Off;
+                self.steering.clear();
+                None
+            }
         }
     }
 
@@ -218,10 +274,11 @@ impl ControlLoop {
 
     /// Start or replace one function on every core, recording it in the deployed config.
     fn apply_function(&mut self, f: &config::Function) -> Result<(), String> {
+        let steering = self.steering_for(f);
         let pending: Vec<_> = self
             .cores
             .iter()
-            .map(|core| (core.cpu(), core.deploy(f.clone())))
+            .map(|core| (core.cpu(), core.deploy(f.clone(), steering.clone())))
             .collect();
         let mut errors = Vec::new();
         for (cpu, p) in pending {
@@ -250,6 +307,7 @@ impl ControlLoop {
         for core in &self.cores {
             core.undeploy(id);
         }
+        self.steering.remove(id);
         self.config.functions.retain(|f| f.id != id);
         if let Err(e) = self.sync_xdp() {
             return error(ErrorKind::Internal, format!("{id} undeployed, but {e}"));

@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use shm_abi::message::InstanceStatus;
 
@@ -30,7 +32,8 @@ use crate::instance::cgroup::CgroupRoot;
 use crate::instance::netns::{self, Egress, EgressConfig, NetnsPool};
 use crate::instance::supervisor::{BackoffPolicy, Supervisor, SupervisorEvent, SupervisorStats};
 use crate::instance::InstanceSpec;
-use crate::lifecycle_metrics::LifecycleMetrics;
+use crate::lifecycle_metrics::{FunctionLabel, LifecycleMetrics};
+use crate::steering::Steering;
 
 /// How often a settled supervisor looks for exited instances.
 const SUPERVISE_IDLE_TICK: Duration = Duration::from_millis(50);
@@ -150,6 +153,7 @@ pub struct CoreSetup {
     shared: Shared,
     metrics: CoreMetrics,
     lifecycle: LifecycleMetrics,
+    steering: Family<FunctionLabel, Gauge>,
 }
 
 impl CoreSetup {
@@ -161,8 +165,14 @@ impl CoreSetup {
         registry: &mut Registry,
     ) -> Self {
         let metrics = CoreMetrics::register(registry, index);
-        let lifecycle = LifecycleMetrics::register(
-            registry.sub_registry_with_label(("core".into(), index.to_string().into())),
+        let sub = registry.sub_registry_with_label(("core".into(), index.to_string().into()));
+        let lifecycle = LifecycleMetrics::register(sub);
+        let steering = Family::<FunctionLabel, Gauge>::default();
+        sub.register(
+            "reuseport_steering",
+            "1 when this core's listener of the function is steered by sk_reuseport \
+             (accepts what this core's CPU receives), 0 when the kernel's hash spreads them",
+            steering.clone(),
         );
         let allowed = numa::allowed_cpus().unwrap_or_else(|_| vec![executor.cpu]);
         CoreSetup {
@@ -172,6 +182,7 @@ impl CoreSetup {
             shared: shared.clone(),
             metrics,
             lifecycle,
+            steering,
         }
     }
 }
@@ -183,6 +194,8 @@ pub enum CoreCommand {
     /// instance is ready or failed.
     Deploy {
         function: Box<config::Function>,
+        /// The function's sk_reuseport selector; `None`: the kernel's hash.
+        steering: Option<Steering>,
         done: flume::Sender<Result<(), String>>,
     },
     /// Stop a function: stop accepting, drain, stop its instances.
@@ -294,13 +307,16 @@ impl CoreHandle {
     /// Start deploying `function` on this core; the returned [`PendingDeploy`]
     /// resolves once its first instance is ready (or failed). Deploy on every
     /// core first, then wait, so cores start their instances in parallel.
-    pub fn deploy(&self, function: config::Function) -> PendingDeploy {
+    /// With `steering`, the core puts its listener in the selector's slot of
+    /// its CPU (see [`crate::steering`]).
+    pub fn deploy(&self, function: config::Function, steering: Option<Steering>) -> PendingDeploy {
         let wait = function.handshake_timeout() + Duration::from_secs(5);
         let (done, rx) = flume::bounded(1);
         let sent = self
             .tx
             .send(CoreCommand::Deploy {
                 function: Box::new(function),
+                steering,
                 done,
             })
             .is_ok();
@@ -354,6 +370,9 @@ impl CoreHandle {
 /// A function as it runs on one core.
 struct FunctionOnCore {
     function: config::Function,
+    /// The selector holding this core's listener in its CPU's slot; `None`
+    /// when the kernel's hash spreads the group's connections.
+    steering: Option<Steering>,
     route: Rc<FunctionRoute>,
     supervisor: Rc<RefCell<Supervisor>>,
     /// Fired to stop accepting (the gateway then drains).
@@ -372,6 +391,8 @@ struct CoreState {
     shared: Shared,
     metrics: Rc<CoreMetrics>,
     lifecycle: LifecycleMetrics,
+    /// `reuseport_steering{core, function}`.
+    steering: Family<FunctionLabel, Gauge>,
     pool: Rc<NetnsPool>,
     functions: RefCell<BTreeMap<String, FunctionOnCore>>,
     next_backend: Cell<u64>,
@@ -397,19 +418,25 @@ async fn core_main(setup: CoreSetup, rx: flume::Receiver<CoreCommand>) {
         shared: setup.shared,
         metrics: Rc::new(setup.metrics),
         lifecycle: setup.lifecycle,
+        steering: setup.steering,
         pool,
         functions: RefCell::new(BTreeMap::new()),
         next_backend: Cell::new(0),
     });
     while let Ok(cmd) = rx.recv_async().await {
         match cmd {
-            CoreCommand::Deploy { function, done } => {
-                let result = deploy(&core, *function).await;
+            CoreCommand::Deploy {
+                function,
+                steering,
+                done,
+            } => {
+                let result = deploy(&core, *function, steering).await;
                 let _ = done.send(result);
             }
             CoreCommand::Undeploy { id, done } => {
                 let removed = core.functions.borrow_mut().remove(&id);
                 if let Some(f) = removed {
+                    unsteer(&core, &f);
                     let deadline = Instant::now() + core.shared.orchestrator.drain_timeout();
                     stop_function(&core, f, deadline).await;
                 }
@@ -423,6 +450,9 @@ async fn core_main(setup: CoreSetup, rx: flume::Receiver<CoreCommand>) {
             }
             CoreCommand::Shutdown { deadline } => {
                 let all = std::mem::take(&mut *core.functions.borrow_mut());
+                for f in all.values() {
+                    unsteer(&core, f);
+                }
                 let stops: Vec<_> = all
                     .into_values()
                     .map(|f| {
@@ -446,7 +476,11 @@ fn desired_instances(f: &config::Function) -> usize {
     (f.min_instances as usize).max(1)
 }
 
-async fn deploy(core: &Rc<CoreState>, f: config::Function) -> Result<(), String> {
+async fn deploy(
+    core: &Rc<CoreState>,
+    f: config::Function,
+    steering: Option<Steering>,
+) -> Result<(), String> {
     // Replacing a function is make-before-break: the new instances start
     // beside the old ones, the new listener joins the port's SO_REUSEPORT
     // group only once one of them is ready, and only then does the old
@@ -496,6 +530,7 @@ async fn deploy(core: &Rc<CoreState>, f: config::Function) -> Result<(), String>
     .detach();
     let mut new = FunctionOnCore {
         function: f,
+        steering,
         route,
         supervisor,
         stop_accepting: Rc::new(Signal::new()),
@@ -521,6 +556,9 @@ async fn deploy(core: &Rc<CoreState>, f: config::Function) -> Result<(), String>
             }
         }
     };
+    // From here this listener serves: on a replacement it takes over the
+    // CPU's slot from the old listener, which only drains what it accepted.
+    steer(core, &mut new, &listener);
     let stop = new.stop_accepting.clone();
     new.serve_task = Some(
         glommio::spawn_local(gateway::serve_listener(
@@ -543,6 +581,52 @@ async fn deploy(core: &Rc<CoreState>, f: config::Function) -> Result<(), String>
         .recv_async()
         .await
         .unwrap_or(Err("supervisor ended".into()))
+}
+
+/// Put this core's `listener` of `f` in the slot of the core's CPU; on
+/// failure, warn and leave the function to the kernel's hash.
+fn steer(core: &CoreState, f: &mut FunctionOnCore, listener: &std::net::TcpListener) {
+    let id = &f.function.id;
+    if let Some(steering) = &f.steering {
+        match steering.steer(core.cpu, listener) {
+            Ok(()) => tracing::info!(
+                "core {}: {id}: sk_reuseport steers cpu {}'s connections to this core",
+                core.index,
+                core.cpu
+            ),
+            Err(e) => {
+                tracing::warn!(
+                    "core {}: {id}: sk_reuseport steering unavailable, the kernel's hash \
+                     spreads connections: {e}",
+                    core.index
+                );
+                f.steering = None;
+            }
+        }
+    }
+    let on = i64::from(f.steering.is_some());
+    core.steering
+        .get_or_create(&FunctionLabel {
+            function: id.clone(),
+        })
+        .set(on);
+}
+
+/// Empty the CPU's slot of a function leaving this core (not on a
+/// replacement: the new listener already took the slot).
+fn unsteer(core: &CoreState, f: &FunctionOnCore) {
+    if let Some(steering) = &f.steering {
+        if let Err(e) = steering.release(core.cpu) {
+            tracing::warn!(
+                "core {}: {}: clearing the sk_reuseport slot: {e}",
+                core.index,
+                f.function.id
+            );
+        }
+    }
+    core.steering.remove(&FunctionLabel {
+        function: f.function.id.clone(),
+    });
 }
 
 /// The supervision task of one function on one core: ticks the supervisor and

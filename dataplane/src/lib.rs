@@ -9,4 +9,5 @@ pub mod instance;
 pub mod lifecycle_metrics;
 pub mod metrics_http;
 pub mod pidfile;
+pub mod steering;
 pub mod xdp;
