@@ -25,6 +25,8 @@
 //! - [`ring`]: the shared-memory ring benchmark (binary `ring`).
 //! - [`gateway`]: the HTTP gateway benchmark (binary `gateway`): the aetherd hop
 //!   against the native handler direct and behind nginx.
+//! - [`xdp`]: the eBPF data plane benchmark (binary `xdp`): XDP strict-mode
+//!   drop rate against nftables, XDP cost per packet, accept locality.
 
 pub mod affinity;
 pub mod cli;
@@ -35,3 +37,4 @@ pub mod machine;
 pub mod report;
 pub mod ring;
 pub mod shared;
+pub mod xdp;
