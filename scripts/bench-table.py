@@ -58,11 +58,21 @@ if gw:
          f"{fmt(r['direct_rps_c32'])} / {fmt(r['aetherd_rps_c32'])} / {fmt(r['nginx_rps_c32'])}",
          f"aetherd = {r['aetherd_rps_c32'] / r['nginx_rps_c32']:.2f} × nginx (target ≥ 2)"),
     ]
+xdp = load("xdp")
+if xdp:
+    r = xdp["results"]
+    rows += [
+        ("xdp", "drop rate, strict mode, veth pair: XDP / nftables", f"{fmt(r['xdp_drop_pps'], 'pps')} / {fmt(r['nftables_drop_pps'], 'pps')}",
+         f"ratio {r['xdp_drop_pps'] / r['nftables_drop_pps']:.2f} (target ≥ 3; on veth the skb exists before XDP runs)"),
+        ("xdp", "XDP program cost per packet", fmt(r["xdp_ns_per_packet"], "ns"), "BPF_PROG_TEST_RUN, drop and pass frames"),
+        ("xdp", "accept locality: sk_reuseport / kernel hash", f"{fmt(r['accept_locality_pct_reuseport'], '%')} / {fmt(r['accept_locality_pct_kernel_hash'], '%')}",
+         "target 100 % with sk_reuseport"),
+    ]
 print("| benchmark | metric | measured | context |")
 print("|---|---|---|---|")
 for row in rows:
     print("| " + " | ".join(row) + " |")
-for name, doc in (("ring", ring), ("gateway", gw)):
+for name, doc in (("ring", ring), ("gateway", gw), ("xdp", xdp)):
     if doc:
         m = doc.get("machine", {})
         print(f"\n`{name}.json`: {doc.get('timestamp', '?')}, {m.get('cpu_model', '?')}, kernel {m.get('kernel', '?')}, "
