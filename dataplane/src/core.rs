@@ -187,6 +187,13 @@ impl CoreSetup {
     }
 }
 
+impl CoreSetup {
+    /// The CPU this core's executor is pinned to.
+    pub fn cpu(&self) -> usize {
+        self.executor.cpu
+    }
+}
+
 /// A request from the control loop to one core.
 #[derive(Debug)]
 pub enum CoreCommand {

@@ -119,22 +119,37 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
             .map_err(|e| DaemonError::Unsupported(format!("cannot install signal handler: {e}")))?;
     }
 
+    // Everything that can fail is set up before the first executor starts, so
+    // a failure (a metrics port in use, no room for the control segment)
+    // leaves no handler running.
     let cpus = crate::core::plan_cpus(&o.cores).map_err(DaemonError::Placement)?;
     let mut registry = Registry::with_prefix("aether");
-    let mut cores = Vec::with_capacity(cpus.len());
-    for (index, executor) in cpus.iter().enumerate() {
-        let setup = CoreSetup::new(index, *executor, &shared, &mut registry);
-        cores.push(
-            CoreHandle::spawn(setup).map_err(|reason| DaemonError::Executor {
-                cpu: executor.cpu,
-                reason,
-            })?,
-        );
-    }
+    let setups: Vec<CoreSetup> = cpus
+        .iter()
+        .enumerate()
+        .map(|(index, executor)| CoreSetup::new(index, *executor, &shared, &mut registry))
+        .collect();
     if let Some(xdp) = &xdp {
         registry.register_collector(Box::new(xdp.collector()));
     }
-    let registry = Arc::new(registry);
+    let metrics = MetricsServer::start(o.metrics_addr, Arc::new(registry))?;
+    tracing::info!("metrics on http://{}/metrics", metrics.local_addr());
+    // aetherctl's readiness probe (Ping) is answered once `serve` runs, after
+    // the initial deploy.
+    let server = ControlServer::create(&control_path, CONTROL_RING_BYTES)?;
+
+    let mut cores = Vec::with_capacity(setups.len());
+    for setup in setups {
+        let cpu = setup.cpu();
+        match CoreHandle::spawn(setup) {
+            Ok(core) => cores.push(core),
+            Err(reason) => {
+                let deadline = Instant::now();
+                ControlLoop::new(cfg.clone(), cores, started).shutdown(deadline);
+                return Err(DaemonError::Executor { cpu, reason });
+            }
+        }
+    }
     tracing::info!(
         "{} executor(s) on cpu(s) {:?}",
         cores.len(),
@@ -143,14 +158,9 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
 
     let mut control = ControlLoop::new(cfg.clone(), cores, started);
     control.set_xdp(xdp);
+    control.set_metrics_addr(metrics.local_addr());
     let initial = control.deploy_initial(&cfg);
     tracing::info!("deployed {} function(s): {initial}", cfg.functions.len());
-
-    let metrics = MetricsServer::start(o.metrics_addr, registry)?;
-    tracing::info!("metrics on http://{}/metrics", metrics.local_addr());
-    control.set_metrics_addr(metrics.local_addr());
-
-    let server = ControlServer::create(&control_path, CONTROL_RING_BYTES)?;
     tracing::info!("ready: control segment {}", control_path.display());
     let drain = control.serve(server, &terminate);
 
