@@ -3,6 +3,7 @@
 
 pub mod control_loop;
 pub mod core;
+pub mod criu;
 pub mod daemon;
 pub mod gateway;
 pub mod instance;

@@ -1,0 +1,434 @@
+//! CRIU through its command line: dump a running instance, restore copies.
+//!
+//! ```text
+//! dump:    criu dump -t PID -D IMAGES -W WORK -o dump.log -v4 [--leave-running]
+//!               [--external net[INODE]:KEY] [--tcp-established] [--shell-job] [--file-locks]
+//! restore: criu restore -D IMAGES -W WORK -o restore.log -v4 --restore-detached
+//!               --pidfile WORK/restore.pid [--restore-sibling] [--inherit-fd fd[N]:KEY]
+//!               [--tcp-established] [--shell-job] [--file-locks]
+//! ```
+//!
+//! A network namespace that was dumped as external (`net[INODE]:KEY`) is not
+//! saved in the images: at restore the caller hands a pre-made namespace in
+//! as an inherited fd under the same KEY, and the restored process tree joins
+//! it (CRIU does not create or restore a namespace, which is the slow part).
+//!
+//! aetherd's handlers carry `PR_SET_PDEATHSIG(SIGKILL)`, which CRIU restores:
+//! restore them with `--restore-sibling` ([`RestoreOptions::sibling`]) so their
+//! parent is the caller, not the `criu` process that exits at once.
+//!
+//! Logs go to the work directory (the images directory unless another is
+//! given), so several restores of one image set at once can each have their
+//! own; a failure carries the tail of its log.
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where CRIU is installed unless told otherwise (a CRIU ≥ 4.2 built by setup).
+pub const DEFAULT_CRIU_PATH: &str = "/usr/local/sbin/criu";
+
+/// How many log lines a failure carries.
+const LOG_TAIL_LINES: usize = 40;
+
+/// Errors of running CRIU.
+#[derive(Debug, thiserror::Error)]
+pub enum CriuError {
+    /// No executable at the configured path.
+    #[error("criu is not installed at {path} (setup builds CRIU >= 4.2 there)")]
+    NotInstalled {
+        /// The configured path.
+        path: PathBuf,
+    },
+    /// The `criu` process could not be started.
+    #[error("starting {path}: {source}")]
+    Exec {
+        /// The configured path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// CRIU ran and failed.
+    #[error("criu {action} failed ({status}); log {log}:\n{log_tail}")]
+    Failed {
+        /// `dump`, `restore` or `check`.
+        action: &'static str,
+        /// Its exit status.
+        status: ExitStatus,
+        /// Its log file.
+        log: PathBuf,
+        /// The last lines of the log (or its stderr when there is no log).
+        log_tail: String,
+    },
+    /// A file CRIU needs or writes could not be handled.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// CRIU succeeded but its pidfile holds no pid.
+    #[error("criu restore wrote no pid into {path} (content {content:?})")]
+    BadPidfile {
+        /// The pidfile.
+        path: PathBuf,
+        /// What it held.
+        content: String,
+    },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CriuError + 'a {
+    move |source| CriuError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A network namespace dumped as external: `--external net[inode]:key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalNetns {
+    /// The namespace's inode (`stat /proc/PID/ns/net`), see [`netns_inode`].
+    pub inode: u64,
+    /// The name a restore hands the replacement namespace in under.
+    pub key: String,
+}
+
+/// Options of [`Criu::dump`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DumpOptions {
+    /// `--leave-running`: the process goes on serving after the dump.
+    pub leave_running: bool,
+    /// Leave the network namespace out of the images (joined at restore).
+    pub external_netns: Option<ExternalNetns>,
+    /// `--tcp-established`: dump open TCP connections too.
+    pub tcp_established: bool,
+    /// `--shell-job`: the process belongs to a session outside the tree.
+    pub shell_job: bool,
+    /// `--file-locks`: the process holds file locks.
+    pub file_locks: bool,
+    /// Logs go here instead of the images directory.
+    pub work_dir: Option<PathBuf>,
+}
+
+/// What a dump produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DumpReport {
+    /// Wall time of the `criu dump` process.
+    pub duration: Duration,
+    /// Total size of the image files (`*.img`).
+    pub images_bytes: u64,
+}
+
+/// Options of [`Criu::restore`].
+#[derive(Debug, Default)]
+pub struct RestoreOptions<'a> {
+    /// A pre-made network namespace joined in place of the external one
+    /// dumped under `key`: `(namespace fd, key)`.
+    pub netns: Option<(BorrowedFd<'a>, String)>,
+    /// `--restore-sibling`: the restored root becomes a child of the caller
+    /// (not of the `criu` process), which must then reap it. Needed for
+    /// handlers spawned with `PR_SET_PDEATHSIG` (aetherd's are): CRIU restores
+    /// the death signal, and without this it fires when `criu` exits.
+    pub sibling: bool,
+    /// `--tcp-established`, as at dump.
+    pub tcp_established: bool,
+    /// `--shell-job`, as at dump.
+    pub shell_job: bool,
+    /// `--file-locks`, as at dump.
+    pub file_locks: bool,
+    /// Log and pidfile directory; must differ between concurrent restores of
+    /// one image set. Defaults to the images directory.
+    pub work_dir: Option<PathBuf>,
+}
+
+/// A process tree CRIU restored (detached; our child only when restored with
+/// [`RestoreOptions::sibling`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestoredProcess {
+    /// The root's pid as seen from our pid namespace.
+    pub pid: i32,
+    /// Wall time of the `criu restore` process.
+    pub duration: Duration,
+}
+
+/// The `criu` command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Criu {
+    path: PathBuf,
+}
+
+impl Default for Criu {
+    fn default() -> Self {
+        Self::new(DEFAULT_CRIU_PATH)
+    }
+}
+
+impl Criu {
+    /// CRIU at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// The configured path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn command(&self) -> Result<Command, CriuError> {
+        if !self.path.is_file() {
+            return Err(CriuError::NotInstalled {
+                path: self.path.clone(),
+            });
+        }
+        let mut cmd = Command::new(&self.path);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        Ok(cmd)
+    }
+
+    /// `criu ACTION -D images -W work -o work/ACTION.log -v4 [flags]`, with
+    /// the work directory created; returns the command and its log path.
+    fn action(
+        &self,
+        action: &str,
+        images_dir: &Path,
+        work_dir: Option<&Path>,
+        flags: Flags,
+    ) -> Result<(Command, PathBuf), CriuError> {
+        let work = work_dir.unwrap_or(images_dir);
+        fs::create_dir_all(work).map_err(io_err("creating", work))?;
+        let log = work.join(format!("{action}.log"));
+        let mut cmd = self.command()?;
+        cmd.arg(action)
+            .arg("-D")
+            .arg(images_dir)
+            .arg("-W")
+            .arg(work)
+            .arg("-o")
+            .arg(&log)
+            .arg("-v4");
+        for (on, flag) in [
+            (flags.tcp_established, "--tcp-established"),
+            (flags.shell_job, "--shell-job"),
+            (flags.file_locks, "--file-locks"),
+        ] {
+            if on {
+                cmd.arg(flag);
+            }
+        }
+        Ok((cmd, log))
+    }
+
+    fn run(
+        &self,
+        mut cmd: Command,
+        action: &'static str,
+        log: &Path,
+    ) -> Result<Duration, CriuError> {
+        let started = Instant::now();
+        let out = cmd.output().map_err(|source| CriuError::Exec {
+            path: self.path.clone(),
+            source,
+        })?;
+        let took = started.elapsed();
+        if out.status.success() {
+            return Ok(took);
+        }
+        let log_tail = match fs::read_to_string(log) {
+            Ok(text) => tail(&text, LOG_TAIL_LINES),
+            Err(_) => tail(&String::from_utf8_lossy(&out.stderr), LOG_TAIL_LINES),
+        };
+        Err(CriuError::Failed {
+            action,
+            status: out.status,
+            log: log.to_path_buf(),
+            log_tail,
+        })
+    }
+
+    /// `criu check`: whether this kernel and this CRIU work together.
+    pub fn check(&self) -> Result<(), CriuError> {
+        let mut cmd = self.command()?;
+        cmd.arg("check");
+        // `check` logs to stderr; run() falls back to it.
+        self.run(cmd, "check", Path::new("/dev/null/criu-check.log"))
+            .map(drop)
+    }
+
+    /// Dumps the process tree rooted at `pid` into `images_dir` (created if
+    /// missing).
+    pub fn dump(
+        &self,
+        pid: i32,
+        images_dir: &Path,
+        opts: &DumpOptions,
+    ) -> Result<DumpReport, CriuError> {
+        fs::create_dir_all(images_dir).map_err(io_err("creating", images_dir))?;
+        let flags = Flags {
+            tcp_established: opts.tcp_established,
+            shell_job: opts.shell_job,
+            file_locks: opts.file_locks,
+        };
+        let (mut cmd, log) = self.action("dump", images_dir, opts.work_dir.as_deref(), flags)?;
+        cmd.arg("-t").arg(pid.to_string());
+        if opts.leave_running {
+            cmd.arg("--leave-running");
+        }
+        if let Some(ns) = &opts.external_netns {
+            cmd.arg("--external")
+                .arg(format!("net[{}]:{}", ns.inode, ns.key));
+        }
+        let duration = self.run(cmd, "dump", &log)?;
+        Ok(DumpReport {
+            duration,
+            images_bytes: images_bytes(images_dir)?,
+        })
+    }
+
+    /// Restores the images in `images_dir` as a detached process tree.
+    pub fn restore(
+        &self,
+        images_dir: &Path,
+        opts: &RestoreOptions<'_>,
+    ) -> Result<RestoredProcess, CriuError> {
+        let flags = Flags {
+            tcp_established: opts.tcp_established,
+            shell_job: opts.shell_job,
+            file_locks: opts.file_locks,
+        };
+        let work = opts.work_dir.as_deref().unwrap_or(images_dir);
+        let (mut cmd, log) = self.action("restore", images_dir, Some(work), flags)?;
+        let pidfile = work.join("restore.pid");
+        match fs::remove_file(&pidfile) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(io_err("removing", &pidfile)(e));
+            }
+            _ => {}
+        }
+        cmd.arg("--restore-detached").arg("--pidfile").arg(&pidfile);
+        if opts.sibling {
+            cmd.arg("--restore-sibling");
+        }
+        if let Some((fd, key)) = &opts.netns {
+            let raw = fd.as_raw_fd();
+            cmd.arg("--inherit-fd").arg(format!("fd[{raw}]:{key}"));
+            let clear_cloexec = move || {
+                // SAFETY: fcntl(2) on an fd number; it only changes that fd's
+                // flags in this (child) process.
+                if unsafe { libc::fcntl(raw, libc::F_SETFD, 0) } < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            };
+            // SAFETY: the closure runs in the forked child before exec and
+            // only calls fcntl(2), which is async-signal-safe, on an fd the
+            // borrow keeps open for the duration of this call.
+            unsafe {
+                cmd.pre_exec(clear_cloexec);
+            }
+        }
+        let duration = self.run(cmd, "restore", &log)?;
+        let content = fs::read_to_string(&pidfile).map_err(io_err("reading", &pidfile))?;
+        let pid = content
+            .trim()
+            .parse::<i32>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| CriuError::BadPidfile {
+                path: pidfile.clone(),
+                content: content.clone(),
+            })?;
+        Ok(RestoredProcess { pid, duration })
+    }
+}
+
+/// Options that dump and restore must agree on.
+#[derive(Debug, Clone, Copy)]
+struct Flags {
+    tcp_established: bool,
+    shell_job: bool,
+    file_locks: bool,
+}
+
+/// The inode of `pid`'s network namespace (what `--external net[...]` names).
+pub fn netns_inode(pid: i32) -> Result<u64, CriuError> {
+    let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
+    fs::metadata(&path)
+        .map(|m| m.ino())
+        .map_err(io_err("stat", &path))
+}
+
+/// Total size of the `*.img` files in `dir`.
+pub fn images_bytes(dir: &Path) -> Result<u64, CriuError> {
+    let mut total = 0;
+    for entry in fs::read_dir(dir).map_err(io_err("listing", dir))? {
+        let entry = entry.map_err(io_err("listing", dir))?;
+        if entry.path().extension().is_some_and(|e| e == "img") {
+            total += entry
+                .metadata()
+                .map_err(io_err("stat", &entry.path()))?
+                .len();
+        }
+    }
+    Ok(total)
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn tail_keeps_last_lines() {
+        assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
+        assert_eq!(tail("a", 5), "a");
+        assert_eq!(tail("", 5), "");
+    }
+
+    #[test]
+    fn missing_binary_is_typed() {
+        let c = Criu::new("/nonexistent/criu");
+        let dir = tempfile::tempdir().unwrap();
+        match c.dump(1, dir.path(), &DumpOptions::default()) {
+            Err(CriuError::NotInstalled { path }) => {
+                assert_eq!(path, Path::new("/nonexistent/criu"));
+            }
+            other => panic!("expected NotInstalled, got {other:?}"),
+        }
+        assert!(matches!(c.check(), Err(CriuError::NotInstalled { .. })));
+    }
+
+    #[test]
+    fn images_bytes_counts_only_images() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("pages-1.img"), [0u8; 100]).unwrap();
+        fs::write(dir.path().join("core-1.img"), [0u8; 20]).unwrap();
+        fs::write(dir.path().join("dump.log"), [0u8; 1000]).unwrap();
+        assert_eq!(images_bytes(dir.path()).unwrap(), 120);
+    }
+
+    #[test]
+    fn netns_inode_matches_proc() {
+        let ino = netns_inode(std::process::id().cast_signed()).unwrap();
+        let want = fs::metadata("/proc/self/ns/net").unwrap().ino();
+        assert_eq!(ino, want);
+    }
+}

@@ -1,0 +1,215 @@
+//! CRIU against the real kernel: an instance spawned the way aetherd spawns
+//! them (pid 1 of its own pid namespace, session leader, pre-made network
+//! namespace, memory cgroup) is dumped with `--leave-running`, killed, and
+//! restored into fresh pre-made network namespaces; its in-memory state must
+//! survive. Needs root and a working CRIU; every test says SKIP loudly and
+//! returns otherwise.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use dataplane::criu::{netns_inode, Criu, DumpOptions, ExternalNetns, RestoreOptions};
+use dataplane::instance::cgroup::CgroupRoot;
+use dataplane::instance::netns::Netns;
+use dataplane::instance::{start, Instance, InstanceSpec};
+
+const PORT: u16 = 18480;
+const NETNS_KEY: &str = "aether-net";
+
+/// Root, a working CRIU, a cgroup group and temp dirs; removes the group on drop.
+struct Env {
+    criu: Criu,
+    cgroups: CgroupRoot,
+    dir: tempfile::TempDir,
+    /// Images on tmpfs, as aetherd keeps them.
+    images: tempfile::TempDir,
+}
+
+impl Env {
+    fn new(name: &str) -> Option<Self> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIP {name}: needs root (CRIU, namespaces, cgroups)");
+            return None;
+        }
+        let criu = Criu::new(
+            std::env::var("AETHER_CRIU")
+                .unwrap_or_else(|_| dataplane::criu::DEFAULT_CRIU_PATH.into()),
+        );
+        if let Err(e) = criu.check() {
+            eprintln!("SKIP {name}: CRIU does not work here: {e}");
+            return None;
+        }
+        let group = format!("aetherless-test-{}-{name}", std::process::id());
+        let cgroups = match CgroupRoot::detect(&group) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("SKIP {name}: {e}");
+                return None;
+            }
+        };
+        let dir = tempfile::Builder::new().prefix("aeth").tempdir().unwrap();
+        let shm = Path::new("/dev/shm");
+        let images = if shm.is_dir() {
+            tempfile::Builder::new().prefix("aeth-img").tempdir_in(shm)
+        } else {
+            tempfile::Builder::new().prefix("aeth-img").tempdir()
+        }
+        .unwrap();
+        Some(Self {
+            criu,
+            cgroups,
+            dir,
+            images,
+        })
+    }
+
+    fn spec(&self) -> InstanceSpec {
+        let handler = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/criu_support/counter.py");
+        let python = if Path::new("/usr/bin/python3").exists() {
+            PathBuf::from("/usr/bin/python3")
+        } else {
+            PathBuf::from("python3")
+        };
+        InstanceSpec {
+            function_id: "counter".to_owned(),
+            program: python,
+            args: vec![handler.display().to_string()],
+            environment: BTreeMap::new(),
+            trigger_port: PORT,
+            memory_limit_bytes: 128 << 20,
+            handshake_timeout: Duration::from_secs(10),
+            egress: false,
+            cpu: None,
+            log_dir: self.dir.path().join("logs"),
+            state_dir: self.dir.path().join("state"),
+        }
+    }
+
+    fn start(&self, id: &str) -> Instance {
+        let ns = Netns::create(None).unwrap();
+        start(&self.spec(), id, &self.cgroups, ns)
+            .unwrap()
+            .wait()
+            .unwrap()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = self.cgroups.cleanup_stale();
+        let _ = std::fs::remove_dir(self.cgroups.base());
+    }
+}
+
+/// A restored process tree (our child: `--restore-sibling`): SIGKILLed and
+/// reaped on drop.
+struct Restored(i32);
+
+impl Drop for Restored {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on a pid CRIU reported; at worst ESRCH.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+        let _ = dataplane::instance::spawn::wait_blocking(self.0);
+    }
+}
+
+/// GET / over `s`; returns the body.
+fn get(mut s: TcpStream) -> String {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert!(
+        text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"),
+        "{text}"
+    );
+    text.split_once("\r\n\r\n").unwrap().1.to_owned()
+}
+
+fn get_in(ns: &Netns) -> String {
+    let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, PORT);
+    get(ns.tcp_connect(addr, Some(Duration::from_secs(5))).unwrap())
+}
+
+/// Starts an instance, serves 3 requests, dumps it (left running, netns
+/// external under [`NETNS_KEY`]) and kills it.
+fn snapshot(env: &Env) {
+    let mut inst = env.start("c0");
+    for n in 1..=3 {
+        assert_eq!(
+            get(inst.connect_upstream().unwrap()),
+            format!("count={n} pid=1")
+        );
+    }
+    let opts = DumpOptions {
+        leave_running: true,
+        external_netns: Some(ExternalNetns {
+            inode: netns_inode(inst.pid()).unwrap(),
+            key: NETNS_KEY.to_owned(),
+        }),
+        ..DumpOptions::default()
+    };
+    let report = match env.criu.dump(inst.pid(), env.images.path(), &opts) {
+        Ok(r) => r,
+        Err(e) => panic!("{e}"),
+    };
+    eprintln!(
+        "criu dump: {:.1} ms, images {} KiB",
+        report.duration.as_secs_f64() * 1e3,
+        report.images_bytes >> 10
+    );
+    assert!(report.images_bytes > 1 << 20, "{report:?}");
+    // --leave-running: the original still serves, with its state.
+    assert_eq!(get(inst.connect_upstream().unwrap()), "count=4 pid=1");
+    inst.kill_and_wait().unwrap();
+}
+
+fn restore_into(env: &Env, ns: &Netns, work: &str) -> Restored {
+    let opts = RestoreOptions {
+        netns: Some((ns.fd(), NETNS_KEY.to_owned())),
+        work_dir: Some(env.dir.path().join(work)),
+        sibling: true,
+        ..RestoreOptions::default()
+    };
+    let r = match env.criu.restore(env.images.path(), &opts) {
+        Ok(r) => r,
+        Err(e) => panic!("{e}"),
+    };
+    eprintln!(
+        "criu restore ({work}): {:.1} ms, pid {}",
+        r.duration.as_secs_f64() * 1e3,
+        r.pid
+    );
+    // It joined the pre-made namespace (not a copy CRIU made).
+    let want = std::fs::metadata(format!("/proc/self/fd/{}", ns.fd().as_raw_fd()))
+        .unwrap()
+        .ino();
+    assert_eq!(netns_inode(r.pid).unwrap(), want);
+    Restored(r.pid)
+}
+
+#[test]
+fn state_survives_dump_and_restore_into_premade_netns() {
+    let Some(env) = Env::new("criu_state") else {
+        return;
+    };
+    snapshot(&env);
+    let ns = Netns::create(None).unwrap();
+    let _restored = restore_into(&env, &ns, "r0");
+    let t = Instant::now();
+    // The counter was 3 at the dump: the restored copy continues from there.
+    assert_eq!(get_in(&ns), "count=4 pid=1");
+    eprintln!(
+        "first request after restore: {:.1} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    assert_eq!(get_in(&ns), "count=5 pid=1");
+}
