@@ -172,27 +172,37 @@ fn snapshot(env: &Env) {
     inst.kill_and_wait().unwrap();
 }
 
-fn restore_into(env: &Env, ns: &Netns, work: &str) -> Restored {
-    let opts = RestoreOptions {
+fn restore_options<'a>(env: &Env, ns: &'a Netns, work: &str) -> RestoreOptions<'a> {
+    RestoreOptions {
         netns: Some((ns.fd(), NETNS_KEY.to_owned())),
         work_dir: Some(env.dir.path().join(work)),
         sibling: true,
         ..RestoreOptions::default()
-    };
-    let r = match env.criu.restore(env.images.path(), &opts) {
+    }
+}
+
+/// `pid` lives in `ns` (the pre-made namespace, not a copy CRIU made).
+fn assert_joined(pid: i32, ns: &Netns) {
+    let want = std::fs::metadata(format!("/proc/self/fd/{}", ns.fd().as_raw_fd()))
+        .unwrap()
+        .ino();
+    assert_eq!(netns_inode(pid).unwrap(), want);
+}
+
+fn restore_into(env: &Env, ns: &Netns) -> Restored {
+    let r = match env
+        .criu
+        .restore(env.images.path(), &restore_options(env, ns, "r0"))
+    {
         Ok(r) => r,
         Err(e) => panic!("{e}"),
     };
     eprintln!(
-        "criu restore ({work}): {:.1} ms, pid {}",
+        "criu restore: {:.1} ms, pid {}",
         r.duration.as_secs_f64() * 1e3,
         r.pid
     );
-    // It joined the pre-made namespace (not a copy CRIU made).
-    let want = std::fs::metadata(format!("/proc/self/fd/{}", ns.fd().as_raw_fd()))
-        .unwrap()
-        .ino();
-    assert_eq!(netns_inode(r.pid).unwrap(), want);
+    assert_joined(r.pid, ns);
     Restored(r.pid)
 }
 
@@ -203,7 +213,7 @@ fn state_survives_dump_and_restore_into_premade_netns() {
     };
     snapshot(&env);
     let ns = Netns::create(None).unwrap();
-    let _restored = restore_into(&env, &ns, "r0");
+    let _restored = restore_into(&env, &ns);
     let t = Instant::now();
     // The counter was 3 at the dump: the restored copy continues from there.
     assert_eq!(get_in(&ns), "count=4 pid=1");
@@ -212,4 +222,58 @@ fn state_survives_dump_and_restore_into_premade_netns() {
         t.elapsed().as_secs_f64() * 1e3
     );
     assert_eq!(get_in(&ns), "count=5 pid=1");
+}
+
+#[test]
+fn three_concurrent_restores_of_one_image_all_serve() {
+    let Some(env) = Env::new("criu_three") else {
+        return;
+    };
+    snapshot(&env);
+    let namespaces: Vec<Netns> = (0..3).map(|_| Netns::create(None).unwrap()).collect();
+    // All started from this thread (the restored roots' parent: their death
+    // signal fires when it exits), running at once.
+    let t = Instant::now();
+    let pending: Vec<_> = namespaces
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| {
+            env.criu
+                .restore_start(
+                    env.images.path(),
+                    &restore_options(&env, ns, &format!("r{i}")),
+                )
+                .unwrap()
+        })
+        .collect();
+    let restored: Vec<Restored> = pending
+        .into_iter()
+        .map(|p| match p.wait() {
+            Ok(r) => {
+                eprintln!(
+                    "criu restore: {:.1} ms, pid {}",
+                    r.duration.as_secs_f64() * 1e3,
+                    r.pid
+                );
+                Restored(r.pid)
+            }
+            Err(e) => panic!("{e}"),
+        })
+        .collect();
+    eprintln!(
+        "3 concurrent restores: {:.1} ms wall",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    for (r, ns) in restored.iter().zip(&namespaces) {
+        assert_joined(r.0, ns);
+    }
+    let pids: std::collections::BTreeSet<i32> = restored.iter().map(|r| r.0).collect();
+    assert_eq!(pids.len(), 3, "three distinct processes");
+    // Each copy has its own state, starting from the dumped counter.
+    for ns in &namespaces {
+        assert_eq!(get_in(ns), "count=4 pid=1");
+    }
+    for ns in &namespaces {
+        assert_eq!(get_in(ns), "count=5 pid=1");
+    }
 }

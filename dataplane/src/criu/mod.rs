@@ -27,11 +27,18 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Where CRIU is installed unless told otherwise (a CRIU ≥ 4.2 built by setup).
 pub const DEFAULT_CRIU_PATH: &str = "/usr/local/sbin/criu";
+
+/// Dumps run one at a time. Dumping the init of a pid namespace makes CRIU's
+/// parasite mount a private proc on a fixed-name directory in the task's root
+/// (`parasite_get_proc_fd`): two dumps of instances that share a root collide
+/// with `Can't create a directory (-17)` (EEXIST) and one fails.
+static DUMP_LOCK: Mutex<()> = Mutex::new(());
 
 /// How many log lines a failure carries.
 const LOG_TAIL_LINES: usize = 40;
@@ -238,23 +245,14 @@ impl Criu {
         log: &Path,
     ) -> Result<Duration, CriuError> {
         let started = Instant::now();
-        let out = cmd.output().map_err(|source| CriuError::Exec {
+        let child = self.spawn(&mut cmd)?;
+        finish(child, started, action, log)
+    }
+
+    fn spawn(&self, cmd: &mut Command) -> Result<Child, CriuError> {
+        cmd.spawn().map_err(|source| CriuError::Exec {
             path: self.path.clone(),
             source,
-        })?;
-        let took = started.elapsed();
-        if out.status.success() {
-            return Ok(took);
-        }
-        let log_tail = match fs::read_to_string(log) {
-            Ok(text) => tail(&text, LOG_TAIL_LINES),
-            Err(_) => tail(&String::from_utf8_lossy(&out.stderr), LOG_TAIL_LINES),
-        };
-        Err(CriuError::Failed {
-            action,
-            status: out.status,
-            log: log.to_path_buf(),
-            log_tail,
         })
     }
 
@@ -290,19 +288,36 @@ impl Criu {
             cmd.arg("--external")
                 .arg(format!("net[{}]:{}", ns.inode, ns.key));
         }
-        let duration = self.run(cmd, "dump", &log)?;
+        let duration = {
+            // A poisoned lock guards nothing but the exclusion itself.
+            let _one_at_a_time = DUMP_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+            self.run(cmd, "dump", &log)?
+        };
         Ok(DumpReport {
             duration,
             images_bytes: images_bytes(images_dir)?,
         })
     }
 
-    /// Restores the images in `images_dir` as a detached process tree.
+    /// Restores the images in `images_dir` as a detached process tree
+    /// (blocking: [`Criu::restore_start`] then [`PendingRestore::wait`]).
     pub fn restore(
         &self,
         images_dir: &Path,
         opts: &RestoreOptions<'_>,
     ) -> Result<RestoredProcess, CriuError> {
+        self.restore_start(images_dir, opts)?.wait()
+    }
+
+    /// Starts `criu restore` and returns at once. With
+    /// [`RestoreOptions::sibling`] the restored root's parent is the calling
+    /// *thread*: its death signal fires when that thread exits, so start
+    /// restores from a thread that outlives the instance.
+    pub fn restore_start(
+        &self,
+        images_dir: &Path,
+        opts: &RestoreOptions<'_>,
+    ) -> Result<PendingRestore, CriuError> {
         let flags = Flags {
             tcp_established: opts.tcp_established,
             shell_job: opts.shell_job,
@@ -339,7 +354,31 @@ impl Criu {
                 cmd.pre_exec(clear_cloexec);
             }
         }
-        let duration = self.run(cmd, "restore", &log)?;
+        let started = Instant::now();
+        let child = self.spawn(&mut cmd)?;
+        Ok(PendingRestore {
+            child,
+            started,
+            log,
+            pidfile,
+        })
+    }
+}
+
+/// A `criu restore` that is running.
+#[derive(Debug)]
+pub struct PendingRestore {
+    child: Child,
+    started: Instant,
+    log: PathBuf,
+    pidfile: PathBuf,
+}
+
+impl PendingRestore {
+    /// Waits for `criu` to finish; the restored root's pid from its pidfile.
+    pub fn wait(self) -> Result<RestoredProcess, CriuError> {
+        let pidfile = self.pidfile;
+        let duration = finish(self.child, self.started, "restore", &self.log)?;
         let content = fs::read_to_string(&pidfile).map_err(io_err("reading", &pidfile))?;
         let pid = content
             .trim()
@@ -352,6 +391,33 @@ impl Criu {
             })?;
         Ok(RestoredProcess { pid, duration })
     }
+}
+
+/// Waits for a `criu` process; its wall time since `started`, or the failure
+/// with the tail of its log (of its stderr when there is no log).
+fn finish(
+    child: Child,
+    started: Instant,
+    action: &'static str,
+    log: &Path,
+) -> Result<Duration, CriuError> {
+    let out = child
+        .wait_with_output()
+        .map_err(io_err("waiting for criu", log))?;
+    let took = started.elapsed();
+    if out.status.success() {
+        return Ok(took);
+    }
+    let log_tail = match fs::read_to_string(log) {
+        Ok(text) => tail(&text, LOG_TAIL_LINES),
+        Err(_) => tail(&String::from_utf8_lossy(&out.stderr), LOG_TAIL_LINES),
+    };
+    Err(CriuError::Failed {
+        action,
+        status: out.status,
+        log: log.to_path_buf(),
+        log_tail,
+    })
 }
 
 /// Options that dump and restore must agree on.
