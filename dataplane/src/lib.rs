@@ -1,6 +1,7 @@
 //! `aetherd`, the Aetherless data plane, as a library: the binary in
 //! `main.rs` only parses options and calls [`daemon::run`].
 
+pub mod autoscale;
 pub mod control_loop;
 pub mod core;
 pub mod criu;
