@@ -231,19 +231,25 @@ fn three_concurrent_restores_of_one_image_all_serve() {
     };
     snapshot(&env);
     let namespaces: Vec<Netns> = (0..3).map(|_| Netns::create(None).unwrap()).collect();
+    // Each copy in its own memory cgroup, made ahead with its limit.
+    let cgroups: Vec<_> = (0..3)
+        .map(|i| {
+            env.cgroups
+                .create("counter", &format!("r{i}"), 96 << 20)
+                .unwrap()
+        })
+        .collect();
     // All started from this thread (the restored roots' parent: their death
     // signal fires when it exits), running at once.
     let t = Instant::now();
     let pending: Vec<_> = namespaces
         .iter()
+        .zip(&cgroups)
         .enumerate()
-        .map(|(i, ns)| {
-            env.criu
-                .restore_start(
-                    env.images.path(),
-                    &restore_options(&env, ns, &format!("r{i}")),
-                )
-                .unwrap()
+        .map(|(i, (ns, cg))| {
+            let mut opts = restore_options(&env, ns, &format!("r{i}"));
+            opts.cgroup = Some(cg.path().to_path_buf());
+            env.criu.restore_start(env.images.path(), &opts).unwrap()
         })
         .collect();
     let restored: Vec<Restored> = pending
@@ -264,8 +270,26 @@ fn three_concurrent_restores_of_one_image_all_serve() {
         "3 concurrent restores: {:.1} ms wall",
         t.elapsed().as_secs_f64() * 1e3
     );
-    for (r, ns) in restored.iter().zip(&namespaces) {
+    for ((r, ns), cg) in restored.iter().zip(&namespaces).zip(&cgroups) {
         assert_joined(r.0, ns);
+        let mine = std::fs::read_to_string(format!("/proc/{}/cgroup", r.0)).unwrap();
+        assert_eq!(
+            cg.pids().unwrap(),
+            vec![r.0],
+            "{}\n{mine}",
+            cg.path().display()
+        );
+        // Its restored pages are charged to its own cgroup.
+        let usage = ["memory.usage_in_bytes", "memory.current"]
+            .iter()
+            .find_map(|f| std::fs::read_to_string(cg.path().join(f)).ok())
+            .unwrap();
+        let usage: u64 = usage.trim().parse().unwrap();
+        assert!(
+            usage > 4 << 20,
+            "{} uses {usage} bytes",
+            cg.path().display()
+        );
     }
     let pids: std::collections::BTreeSet<i32> = restored.iter().map(|r| r.0).collect();
     assert_eq!(pids.len(), 3, "three distinct processes");

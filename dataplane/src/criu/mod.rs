@@ -148,6 +148,12 @@ pub struct RestoreOptions<'a> {
     /// handlers spawned with `PR_SET_PDEATHSIG` (aetherd's are): CRIU restores
     /// the death signal, and without this it fires when `criu` exits.
     pub sibling: bool,
+    /// A cgroup directory (made ahead, with its limits) the restored tree
+    /// lives in: `criu` itself is moved into it before it runs and is told
+    /// `--manage-cgroups=ignore`, so the tree stays there and its pages are
+    /// charged there from the start. Without it, CRIU recreates the cgroup
+    /// the process was dumped in and every copy shares that one.
+    pub cgroup: Option<PathBuf>,
     /// `--tcp-established`, as at dump.
     pub tcp_established: bool,
     /// `--shell-job`, as at dump.
@@ -336,26 +342,50 @@ impl Criu {
         if opts.sibling {
             cmd.arg("--restore-sibling");
         }
-        if let Some((fd, key)) = &opts.netns {
+        let procs = match &opts.cgroup {
+            Some(cg) => {
+                cmd.arg("--manage-cgroups=ignore");
+                let path = cg.join("cgroup.procs");
+                let file = fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_err("opening", &path))?;
+                Some(file)
+            }
+            None => None,
+        };
+        let procs_fd = procs.as_ref().map(AsRawFd::as_raw_fd);
+        let inherit = opts.netns.as_ref().map(|(fd, key)| {
             let raw = fd.as_raw_fd();
             cmd.arg("--inherit-fd").arg(format!("fd[{raw}]:{key}"));
-            let clear_cloexec = move || {
-                // SAFETY: fcntl(2) on an fd number; it only changes that fd's
-                // flags in this (child) process.
-                if unsafe { libc::fcntl(raw, libc::F_SETFD, 0) } < 0 {
+            raw
+        });
+        let in_child = move || {
+            if let Some(fd) = procs_fd {
+                // "0" moves the writing process: the child, before it execs criu.
+                // SAFETY: write(2) of a 1-byte static buffer to an open fd.
+                if unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } != 1 {
                     return Err(io::Error::last_os_error());
                 }
-                Ok(())
-            };
-            // SAFETY: the closure runs in the forked child before exec and
-            // only calls fcntl(2), which is async-signal-safe, on an fd the
-            // borrow keeps open for the duration of this call.
-            unsafe {
-                cmd.pre_exec(clear_cloexec);
             }
+            if let Some(fd) = inherit {
+                // SAFETY: fcntl(2) on an fd number; it only changes that fd's
+                // flags in this (child) process.
+                if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        };
+        // SAFETY: the closure runs in the forked child before exec and only
+        // calls write(2) and fcntl(2), both async-signal-safe, on fds that
+        // stay open until spawn returns (`procs` and the borrowed netns fd).
+        unsafe {
+            cmd.pre_exec(in_child);
         }
         let started = Instant::now();
         let child = self.spawn(&mut cmd)?;
+        drop(procs);
         Ok(PendingRestore {
             child,
             started,
