@@ -15,7 +15,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use dataplane::criu::{netns_inode, Criu, DumpOptions, ExternalNetns, RestoreOptions};
+use dataplane::criu::{netns_inode, Criu, CriuError, DumpOptions, ExternalNetns, RestoreOptions};
 use dataplane::instance::cgroup::CgroupRoot;
 use dataplane::instance::netns::Netns;
 use dataplane::instance::{start, Instance, InstanceSpec};
@@ -139,16 +139,9 @@ fn get_in(ns: &Netns) -> String {
     get(ns.tcp_connect(addr, Some(Duration::from_secs(5))).unwrap())
 }
 
-/// Starts an instance, serves 3 requests, dumps it (left running, netns
-/// external under [`NETNS_KEY`]) and kills it.
-fn snapshot(env: &Env) {
-    let mut inst = env.start("c0");
-    for n in 1..=3 {
-        assert_eq!(
-            get(inst.connect_upstream().unwrap()),
-            format!("count={n} pid=1")
-        );
-    }
+/// Dumps `inst` into the images dir, left running, netns external under
+/// [`NETNS_KEY`].
+fn dump_running(env: &Env, inst: &Instance) {
     let opts = DumpOptions {
         leave_running: true,
         external_netns: Some(ExternalNetns {
@@ -167,6 +160,19 @@ fn snapshot(env: &Env) {
         report.images_bytes >> 10
     );
     assert!(report.images_bytes > 1 << 20, "{report:?}");
+}
+
+/// Starts an instance, serves 3 requests, dumps it (left running, netns
+/// external under [`NETNS_KEY`]) and kills it.
+fn snapshot(env: &Env) {
+    let mut inst = env.start("c0");
+    for n in 1..=3 {
+        assert_eq!(
+            get(inst.connect_upstream().unwrap()),
+            format!("count={n} pid=1")
+        );
+    }
+    dump_running(env, &inst);
     // --leave-running: the original still serves, with its state.
     assert_eq!(get(inst.connect_upstream().unwrap()), "count=4 pid=1");
     inst.kill_and_wait().unwrap();
@@ -299,5 +305,56 @@ fn three_concurrent_restores_of_one_image_all_serve() {
     }
     for ns in &namespaces {
         assert_eq!(get_in(ns), "count=5 pid=1");
+    }
+}
+
+/// The original quickstart handler, unchanged (it keeps its `AETHER_SOCKET`
+/// connection open), survives dump and restore.
+#[test]
+fn quickstart_hello_py_restores() {
+    let Some(env) = Env::new("criu_hello") else {
+        return;
+    };
+    let mut spec = env.spec();
+    let hello = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello.py");
+    spec.args = vec![hello.display().to_string()];
+    let ns = Netns::create(None).unwrap();
+    let mut inst = start(&spec, "h0", &env.cgroups, ns)
+        .unwrap()
+        .wait()
+        .unwrap();
+    dump_running(&env, &inst);
+    inst.kill_and_wait().unwrap();
+    let ns = Netns::create(None).unwrap();
+    let _restored = restore_into(&env, &ns);
+    let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, PORT);
+    let body = get(ns.tcp_connect(addr, Some(Duration::from_secs(5))).unwrap());
+    assert!(body.contains("Hello from Aetherless!"), "{body}");
+}
+
+/// Missing images: a typed failure whose log tail says what went wrong.
+#[test]
+fn restore_of_missing_images_explains_itself() {
+    let Some(env) = Env::new("criu_missing") else {
+        return;
+    };
+    let ns = Netns::create(None).unwrap();
+    match env
+        .criu
+        .restore(env.images.path(), &restore_options(&env, &ns, "m"))
+    {
+        Err(CriuError::Failed {
+            action,
+            status,
+            log,
+            log_tail,
+        }) => {
+            eprintln!("expected failure ({status}), log tail:\n{log_tail}");
+            assert_eq!(action, "restore");
+            assert!(!status.success());
+            assert!(log.ends_with("m/restore.log"), "{}", log.display());
+            assert!(log_tail.contains("Error"), "{log_tail}");
+        }
+        other => panic!("expected CriuError::Failed, got {other:?}"),
     }
 }

@@ -3,8 +3,8 @@
 
 GET /<anything> -> 200, body "count=N pid=P" where N counts requests served
                    by this process image (1 for the first) and P is getpid().
-The AETHER_SOCKET connection is closed after READY: CRIU cannot dump a unix
-socket whose peer lives outside the dumped tree.
+Like the quickstart's hello.py it keeps its AETHER_SOCKET connection open
+(aetherd has closed its end by the time of a dump).
 """
 import os
 import socket
@@ -34,5 +34,4 @@ server = HTTPServer(("0.0.0.0", port), Handler)
 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 sock.connect(os.environ["AETHER_SOCKET"])
 sock.send(b"READY")
-sock.close()
 server.serve_forever()
