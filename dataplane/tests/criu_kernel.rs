@@ -358,3 +358,39 @@ fn restore_of_missing_images_explains_itself() {
         other => panic!("expected CriuError::Failed, got {other:?}"),
     }
 }
+
+/// Restores with CRIU's kernel-probe cache kept on a private tmpfs `/run`
+/// serve like the others; prints the time each way.
+#[test]
+fn restores_with_run_cache_serve() {
+    let Some(env) = Env::new("criu_cache") else {
+        return;
+    };
+    snapshot(&env);
+    let cached = env.criu.clone().with_run_cache().unwrap();
+    let mut times = [Vec::new(), Vec::new()];
+    for round in 0..4 {
+        for (which, criu) in [&env.criu, &cached].into_iter().enumerate() {
+            let ns = Netns::create(None).unwrap();
+            let r = match criu.restore(env.images.path(), &restore_options(&env, &ns, "c")) {
+                Ok(r) => r,
+                Err(e) => panic!("{e}"),
+            };
+            let _restored = Restored(r.pid);
+            assert_eq!(get_in(&ns), "count=4 pid=1", "round {round}");
+            times[which].push(r.duration);
+            if which == 1 {
+                // The cache lives in the restored process's mount namespace.
+                let kdat = format!("/proc/{}/root/run/criu.kdat", r.pid);
+                assert!(Path::new(&kdat).exists(), "{kdat}");
+            }
+        }
+    }
+    let ms = |v: &Vec<Duration>| -> Vec<String> {
+        v.iter()
+            .map(|d| format!("{:.1}", d.as_secs_f64() * 1e3))
+            .collect()
+    };
+    eprintln!("criu restore without cache (ms): {:?}", ms(&times[0]));
+    eprintln!("criu restore with /run cache (ms): {:?}", ms(&times[1]));
+}

@@ -21,6 +21,8 @@
 //! given), so several restores of one image set at once can each have their
 //! own; a failure carries the tail of its log.
 
+pub mod runcache;
+
 use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -28,8 +30,10 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+use runcache::RunCacheNs;
 
 /// Where CRIU is installed unless told otherwise (a CRIU ≥ 4.2 built by setup).
 pub const DEFAULT_CRIU_PATH: &str = "/usr/local/sbin/criu";
@@ -176,9 +180,10 @@ pub struct RestoredProcess {
 }
 
 /// The `criu` command line.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Criu {
     path: PathBuf,
+    run_cache: Option<Arc<RunCacheNs>>,
 }
 
 impl Default for Criu {
@@ -190,7 +195,18 @@ impl Default for Criu {
 impl Criu {
     /// CRIU at `path`.
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into() }
+        Self {
+            path: path.into(),
+            run_cache: None,
+        }
+    }
+
+    /// Restores run in a mount namespace whose `/run` is a tmpfs, so CRIU
+    /// keeps its kernel-probe cache between runs (see [`runcache`]); for
+    /// hosts whose `/run` is not a tmpfs.
+    pub fn with_run_cache(mut self) -> Result<Self, CriuError> {
+        self.run_cache = Some(Arc::new(RunCacheNs::new()?));
+        Ok(self)
     }
 
     /// The configured path.
@@ -360,7 +376,15 @@ impl Criu {
             cmd.arg("--inherit-fd").arg(format!("fd[{raw}]:{key}"));
             raw
         });
+        let mntns = self.run_cache.as_ref().map(|ns| ns.fd().as_raw_fd());
         let in_child = move || {
+            if let Some(fd) = mntns {
+                // SAFETY: setns(2) on an open namespace fd; it changes only
+                // this single-threaded child's mount namespace.
+                if unsafe { libc::setns(fd, libc::CLONE_NEWNS) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
             if let Some(fd) = procs_fd {
                 // "0" moves the writing process: the child, before it execs criu.
                 // SAFETY: write(2) of a 1-byte static buffer to an open fd.
@@ -378,8 +402,9 @@ impl Criu {
             Ok(())
         };
         // SAFETY: the closure runs in the forked child before exec and only
-        // calls write(2) and fcntl(2), both async-signal-safe, on fds that
-        // stay open until spawn returns (`procs` and the borrowed netns fd).
+        // calls setns(2), write(2) and fcntl(2), all async-signal-safe, on fds
+        // that stay open until spawn returns (`self`'s namespace, `procs` and
+        // the borrowed netns fd).
         unsafe {
             cmd.pre_exec(in_child);
         }
