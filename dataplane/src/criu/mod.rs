@@ -3,9 +3,10 @@
 //! ```text
 //! dump:    criu dump -t PID -D IMAGES -W WORK -o dump.log -v4 [--leave-running]
 //!               [--external net[INODE]:KEY] [--tcp-established] [--shell-job] [--file-locks]
+//!               [--network-lock skip]
 //! restore: criu restore -D IMAGES -W WORK -o restore.log -v4 --restore-detached
 //!               --pidfile WORK/restore.pid [--restore-sibling] [--inherit-fd fd[N]:KEY]
-//!               [--tcp-established] [--shell-job] [--file-locks]
+//!               [--manage-cgroups=ignore] [--tcp-established] [--shell-job] [--file-locks]
 //! ```
 //!
 //! A network namespace that was dumped as external (`net[INODE]:KEY`) is not
@@ -122,6 +123,13 @@ pub struct DumpOptions {
     pub leave_running: bool,
     /// Leave the network namespace out of the images (joined at restore).
     pub external_netns: Option<ExternalNetns>,
+    /// `--network-lock skip`: no iptables lock/unlock around the dump *and
+    /// every restore of these images* (CRIU records the method in the
+    /// images; a restore cannot change it). Sound when the network namespace
+    /// is external and private to the process. Here it took the dump from
+    /// ≈ 140 to ≈ 65 ms and a restore from ≈ 50 to ≈ 15 ms: the iptables runs
+    /// in the fresh namespace are followed by a 25–45 ms stall.
+    pub skip_network_lock: bool,
     /// `--tcp-established`: dump open TCP connections too.
     pub tcp_established: bool,
     /// `--shell-job`: the process belongs to a session outside the tree.
@@ -257,6 +265,7 @@ impl Criu {
                 cmd.arg(flag);
             }
         }
+
         Ok((cmd, log))
     }
 
@@ -305,6 +314,9 @@ impl Criu {
         cmd.arg("-t").arg(pid.to_string());
         if opts.leave_running {
             cmd.arg("--leave-running");
+        }
+        if opts.skip_network_lock {
+            cmd.arg("--network-lock").arg("skip");
         }
         if let Some(ns) = &opts.external_netns {
             cmd.arg("--external")
