@@ -417,3 +417,47 @@ fn restore_speed_ladder_all_serve() {
         eprintln!("criu restore, {step}: {} ms", ms.join(" "));
     }
 }
+
+/// A restore past its budget is killed: a typed error with the measured
+/// time, and killing its pre-made cgroup leaves nothing behind.
+#[test]
+fn restore_over_budget_is_killed_with_a_typed_error() {
+    let Some(env) = Env::new("criu_budget") else {
+        return;
+    };
+    snapshot(&env);
+    let ns = Netns::create(None).unwrap();
+    let cg = env.cgroups.create("counter", "late", 96 << 20).unwrap();
+    let mut opts = restore_options(&env, &ns, "late");
+    opts.cgroup = Some(cg.path().to_path_buf());
+    let budget = Duration::from_millis(2);
+    let pending = env.criu.restore_start(env.images.path(), &opts).unwrap();
+    match pending.wait_within(budget) {
+        Err(CriuError::Timeout {
+            budget: b, elapsed, ..
+        }) => {
+            eprintln!("killed after {:.1} ms", elapsed.as_secs_f64() * 1e3);
+            assert_eq!(b, budget);
+            assert!(elapsed >= budget, "{elapsed:?}");
+        }
+        other => panic!("expected CriuError::Timeout, got {other:?}"),
+    }
+    // Whatever it had restored is in the cgroup: kill it, and it is gone.
+    for pid in cg.pids().unwrap() {
+        // SAFETY: kill(2) on a pid listed in our cgroup.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let t = Instant::now();
+    while !cg.pids().unwrap().is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", cg.pids());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // With a generous budget the same restore serves.
+    let pending = env.criu.restore_start(env.images.path(), &opts).unwrap();
+    let r = match pending.wait_within(Duration::from_secs(10)) {
+        Ok(r) => r,
+        Err(e) => panic!("{e}"),
+    };
+    let _restored = Restored(r.pid);
+    assert_eq!(get_in(&ns), "count=4 pid=1");
+}

@@ -36,6 +36,8 @@ use std::time::{Duration, Instant};
 
 use runcache::RunCacheNs;
 
+use crate::instance::spawn::pidfd_open;
+
 /// Where CRIU is installed unless told otherwise (a CRIU ≥ 4.2 built by setup).
 pub const DEFAULT_CRIU_PATH: &str = "/usr/local/sbin/criu";
 
@@ -88,6 +90,18 @@ pub enum CriuError {
         /// The OS error.
         #[source]
         source: io::Error,
+    },
+    /// `criu restore` ran past its budget and was killed.
+    #[error("criu restore took more than {} ms (killed after {} ms); log {log}:\n{log_tail}", budget.as_millis(), elapsed.as_millis())]
+    Timeout {
+        /// The budget (`restore_timeout_ms`).
+        budget: Duration,
+        /// When it was killed.
+        elapsed: Duration,
+        /// Its log file.
+        log: PathBuf,
+        /// The last lines of the log.
+        log_tail: String,
     },
     /// CRIU succeeded but its pidfile holds no pid.
     #[error("criu restore wrote no pid into {path} (content {content:?})")]
@@ -442,6 +456,54 @@ pub struct PendingRestore {
 }
 
 impl PendingRestore {
+    /// Like [`PendingRestore::wait`], but a `criu` still running `budget`
+    /// after it started is killed (SIGKILL) and reaped, and the result is
+    /// [`CriuError::Timeout`]. What it had restored so far is left behind:
+    /// restore into a pre-made cgroup ([`RestoreOptions::cgroup`]) and kill
+    /// what is in it.
+    pub fn wait_within(mut self, budget: Duration) -> Result<RestoredProcess, CriuError> {
+        let deadline = self.started + budget;
+        let pid = i32::try_from(self.child.id()).unwrap_or(i32::MAX);
+        let pidfd = pidfd_open(pid).map_err(io_err("pidfd_open of criu", &self.log))?;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let elapsed = self.started.elapsed();
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                let log_tail = fs::read_to_string(&self.log)
+                    .map(|t| tail(&t, LOG_TAIL_LINES))
+                    .unwrap_or_default();
+                return Err(CriuError::Timeout {
+                    budget,
+                    elapsed,
+                    log: self.log,
+                    log_tail,
+                });
+            }
+            let mut pfd = libc::pollfd {
+                fd: pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // Round up so a sub-millisecond remainder still waits.
+            let ms =
+                libc::c_int::try_from(left.as_micros().div_ceil(1000)).unwrap_or(libc::c_int::MAX);
+            // SAFETY: poll(2) on one valid pollfd that lives across the call.
+            let rc = unsafe { libc::poll(&raw mut pfd, 1, ms) };
+            if rc > 0 {
+                break;
+            }
+            if rc < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(io_err("polling criu", &self.log)(e));
+                }
+            }
+        }
+        self.wait()
+    }
+
     /// Waits for `criu` to finish; the restored root's pid from its pidfile.
     pub fn wait(self) -> Result<RestoredProcess, CriuError> {
         let pidfile = self.pidfile;
