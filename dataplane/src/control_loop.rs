@@ -8,7 +8,6 @@
 //! keeps its ports in step with the deployed functions.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -31,7 +30,6 @@ pub struct ControlLoop {
     config: config::Config,
     cores: Vec<CoreHandle>,
     started: Instant,
-    metrics_addr: Option<SocketAddr>,
     xdp: Option<XdpPortPolicy>,
     /// sk_reuseport steering on or off (see [`crate::steering`]).
     steering_mode: SteeringMode,
@@ -55,7 +53,6 @@ impl ControlLoop {
             config,
             cores,
             started,
-            metrics_addr: None,
             xdp: None,
             steering_mode: if steering::enabled_by_env() {
                 SteeringMode::On
@@ -112,10 +109,6 @@ impl ControlLoop {
             Some(xdp) => xdp.sync(&self.config.functions).map_err(|e| e.to_string()),
             None => Ok(()),
         }
-    }
-
-    pub fn set_metrics_addr(&mut self, addr: SocketAddr) {
-        self.metrics_addr = Some(addr);
     }
 
     /// Deploy the start-up configuration's functions on every core; returns a

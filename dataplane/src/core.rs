@@ -52,14 +52,15 @@ pub struct Shared {
     pub egress: Option<Arc<Egress>>,
 }
 
-/// A short, stable tag for a state dir (FNV-1a), for kernel object names.
+/// A short, stable tag for a state dir, for kernel object names (the
+/// segment header's FNV-1a, folded to 32 bits).
 fn state_tag(dir: &std::path::Path) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in dir.as_os_str().as_encoded_bytes() {
-        h ^= u32::from(*b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    h
+    use shm_abi::segment::{fnv1a, FNV_OFFSET};
+    let h = fnv1a(FNV_OFFSET, dir.as_os_str().as_encoded_bytes());
+    // Folding keeps every bit's influence; the truncation is the point.
+    #[allow(clippy::cast_possible_truncation)]
+    let tag = (h ^ (h >> 32)) as u32;
+    tag
 }
 
 impl Shared {

@@ -158,7 +158,6 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
 
     let mut control = ControlLoop::new(cfg.clone(), cores, started);
     control.set_xdp(xdp);
-    control.set_metrics_addr(metrics.local_addr());
     let initial = control.deploy_initial(&cfg);
     tracing::info!("deployed {} function(s): {initial}", cfg.functions.len());
     tracing::info!("ready: control segment {}", control_path.display());
