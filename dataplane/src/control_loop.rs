@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,7 @@ use shm_abi::message::{
 use crate::core::{CoreHandle, FunctionCoreStats};
 use crate::daemon::{terminated, SIGNAL_POLL};
 use crate::instance::logs;
+use crate::snapshot::SnapshotStore;
 use crate::steering::{self, Steering};
 use crate::xdp::XdpPortPolicy;
 
@@ -35,6 +37,8 @@ pub struct ControlLoop {
     steering_mode: SteeringMode,
     /// Each deployed function's selector, with the port whose group it serves.
     steering: HashMap<String, (u16, Steering)>,
+    /// CRIU images of every function.
+    snapshots: Arc<SnapshotStore>,
 }
 
 /// Whether listeners get an sk_reuseport selector.
@@ -48,8 +52,14 @@ enum SteeringMode {
 }
 
 impl ControlLoop {
-    pub fn new(config: config::Config, cores: Vec<CoreHandle>, started: Instant) -> Self {
+    pub fn new(
+        config: config::Config,
+        cores: Vec<CoreHandle>,
+        started: Instant,
+        snapshots: Arc<SnapshotStore>,
+    ) -> Self {
         ControlLoop {
+            snapshots,
             config,
             cores,
             started,

@@ -24,6 +24,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use shm_abi::message::InstanceStatus;
 
+use crate::criu::Criu;
 use crate::daemon::DaemonError;
 use crate::gateway::{
     self, CoreMetrics, FunctionRoute, RouteSettings, ServeConfig, Signal, Upstream,
@@ -33,6 +34,7 @@ use crate::instance::netns::{self, Egress, EgressConfig, NetnsPool};
 use crate::instance::supervisor::{BackoffPolicy, Supervisor, SupervisorEvent, SupervisorStats};
 use crate::instance::InstanceSpec;
 use crate::lifecycle_metrics::{FunctionLabel, LifecycleMetrics};
+use crate::snapshot::{SnapshotStatus, SnapshotStore};
 use crate::steering::Steering;
 
 /// How often a settled supervisor looks for exited instances.
@@ -50,6 +52,10 @@ pub struct Shared {
     pub orchestrator: Arc<config::Orchestrator>,
     pub cgroups: CgroupRoot,
     pub egress: Option<Arc<Egress>>,
+    /// CRIU images of every function (see [`crate::snapshot`]).
+    pub snapshots: Arc<SnapshotStore>,
+    /// Frozen restored instances each core keeps per function (`--warm-pool`).
+    pub warm_pool_per_core: usize,
 }
 
 /// A short, stable tag for a state dir, for kernel object names (the
@@ -107,10 +113,13 @@ impl Shared {
         } else {
             None
         };
+        let snapshots = Arc::new(SnapshotStore::new(&o.snapshot_dir, open_criu()));
         Ok(Shared {
             orchestrator: Arc::new(o.clone()),
             cgroups,
             egress,
+            snapshots,
+            warm_pool_per_core: 0,
         })
     }
 
@@ -122,6 +131,22 @@ impl Shared {
             Egress::cleanup_stale(egress.config());
         }
     }
+}
+
+/// The CRIU that snapshots and restores instances, or why there is none.
+/// `AETHER_SNAPSHOTS=0` turns snapshots off (every instance is spawned).
+fn open_criu() -> Result<Criu, String> {
+    if std::env::var("AETHER_SNAPSHOTS").is_ok_and(|v| v == "0") {
+        return Err("AETHER_SNAPSHOTS=0: snapshots turned off".into());
+    }
+    let criu = Criu::default();
+    if !criu.path().is_file() {
+        return Err(format!(
+            "CRIU not found at {} (scripts/setup.sh builds it)",
+            criu.path().display()
+        ));
+    }
+    criu.with_run_cache().map_err(|e| e.to_string())
 }
 
 /// The executors to run: the numa placement plan over the allowed CPUs.
@@ -214,6 +239,12 @@ pub enum CoreCommand {
     Stats {
         reply: flume::Sender<Vec<(String, FunctionCoreStats)>>,
     },
+    /// Dump a ready instance of the function now (`aetherctl snapshot`);
+    /// answers with the new status, or why not.
+    Snapshot {
+        id: String,
+        done: flume::Sender<Result<SnapshotStatus, String>>,
+    },
     /// Drain everything until the deadline, stop every instance, end the executor.
     Shutdown { deadline: Instant },
 }
@@ -289,6 +320,24 @@ impl PendingDeploy {
     }
 }
 
+/// A forced snapshot in progress on one core.
+#[derive(Debug)]
+pub struct PendingSnapshot {
+    rx: flume::Receiver<Result<SnapshotStatus, String>>,
+}
+
+/// Longest a forced snapshot may take (warm-up requests plus the dump).
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(60);
+
+impl PendingSnapshot {
+    /// The new status, or why this core made none (e.g. no ready instance).
+    pub fn wait(self) -> Result<SnapshotStatus, String> {
+        self.rx
+            .recv_timeout(SNAPSHOT_WAIT)
+            .map_err(|_| "core did not answer in time".to_string())?
+    }
+}
+
 /// How long the control loop waits for a core to answer a query.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -359,6 +408,19 @@ impl CoreHandle {
             return Vec::new();
         }
         rx.recv_timeout(QUERY_TIMEOUT).unwrap_or_default()
+    }
+
+    /// Force a snapshot of `function` from one of this core's ready
+    /// instances; `None` when the core is gone.
+    pub fn snapshot(&self, function: &str) -> Option<PendingSnapshot> {
+        let (done, rx) = flume::bounded(1);
+        self.tx
+            .send(CoreCommand::Snapshot {
+                id: function.to_string(),
+                done,
+            })
+            .ok()?;
+        Some(PendingSnapshot { rx })
     }
 
     pub fn begin_shutdown(&self, deadline: Instant) {
@@ -455,6 +517,9 @@ async fn core_main(setup: CoreSetup, rx: flume::Receiver<CoreCommand>) {
             }
             CoreCommand::Stats { reply } => {
                 let _ = reply.send(stats(&core));
+            }
+            CoreCommand::Snapshot { id, done } => {
+                let _ = done.send(Err(format!("{id}: forced snapshots are not wired yet")));
             }
             CoreCommand::Shutdown { deadline } => {
                 let all = std::mem::take(&mut *core.functions.borrow_mut());

@@ -145,7 +145,7 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
             Ok(core) => cores.push(core),
             Err(reason) => {
                 let deadline = Instant::now();
-                ControlLoop::new(cfg.clone(), cores, started).shutdown(deadline);
+                ControlLoop::new(cfg.clone(), cores, started, shared.snapshots.clone()).shutdown(deadline);
                 return Err(DaemonError::Executor { cpu, reason });
             }
         }
@@ -156,7 +156,7 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         cores.iter().map(|c| c.cpu()).collect::<Vec<_>>()
     );
 
-    let mut control = ControlLoop::new(cfg.clone(), cores, started);
+    let mut control = ControlLoop::new(cfg.clone(), cores, started, shared.snapshots.clone());
     control.set_xdp(xdp);
     let initial = control.deploy_initial(&cfg);
     tracing::info!("deployed {} function(s): {initial}", cfg.functions.len());

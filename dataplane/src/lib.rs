@@ -11,5 +11,6 @@ pub mod instance;
 pub mod lifecycle_metrics;
 pub mod metrics_http;
 pub mod pidfile;
+pub mod snapshot;
 pub mod steering;
 pub mod xdp;
