@@ -6,23 +6,31 @@
 //! cores' answers are merged here; nothing on a core's request path ever
 //! waits for this thread. It also owns the XDP port policy (when attached) and
 //! keeps its ports in step with the deployed functions.
+//!
+//! A forced snapshot (`aetherctl snapshot FUNCTION`) asks the cores one after
+//! the other, in core order, to dump one of their ready instances; the first
+//! core that succeeds ends the round (one dump, not one per core), and when
+//! every core fails the error lists each core's reason. The loop answers no
+//! other command meanwhile (a dump takes tens of milliseconds; warm-up
+//! requests and a slow CRIU at most `PendingSnapshot`'s bound per core).
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 use shm_abi::channel::ControlServer;
 use shm_abi::message::{
     self, Command, ErrorKind, FunctionStats, FunctionStatus, Reply, ReplyBody, Request,
+    SnapshotInfo,
 };
 
 use crate::core::{CoreHandle, FunctionCoreStats};
 use crate::daemon::{terminated, SIGNAL_POLL};
 use crate::instance::logs;
-use crate::snapshot::SnapshotStore;
+use crate::snapshot::{SnapshotState, SnapshotStatus, SnapshotStore};
 use crate::steering::{self, Steering};
 use crate::xdp::XdpPortPolicy;
 
@@ -209,6 +217,7 @@ impl ControlLoop {
                 function_id,
                 tail_lines,
             } => (self.logs(&function_id, tail_lines), None),
+            Command::Snapshot { function_id } => (self.snapshot(&function_id), None),
             Command::Shutdown { drain_deadline_ms } => (
                 ReplyBody::ShuttingDown,
                 Some(Duration::from_millis(drain_deadline_ms)),
@@ -302,10 +311,7 @@ impl ControlLoop {
 
     fn undeploy(&mut self, id: &str) -> ReplyBody {
         if self.config.function(id).is_none() {
-            return error(
-                ErrorKind::NotFound,
-                format!("no function '{id}' is deployed; see `aetherctl list`"),
-            );
+            return not_deployed(id);
         }
         for core in &self.cores {
             core.undeploy(id);
@@ -332,6 +338,7 @@ impl ControlLoop {
                 id: f.id.clone(),
                 trigger_port: f.trigger_port,
                 instances: Vec::new(),
+                snapshot: snapshot_info(&self.snapshots.status(&f.id)),
             })
             .collect();
         for core in &self.cores {
@@ -342,6 +349,58 @@ impl ControlLoop {
             }
         }
         out
+    }
+
+    /// Dump `id` now: the cores are asked one after the other until one
+    /// succeeds (see the module docs).
+    fn snapshot(&self, id: &str) -> ReplyBody {
+        if self.config.function(id).is_none() {
+            return not_deployed(id);
+        }
+        let current = self.snapshots.status(id);
+        if current.state == SnapshotState::Unavailable {
+            return error(
+                ErrorKind::Internal,
+                format!(
+                    "cannot snapshot '{id}': snapshots are unavailable: {}",
+                    current.error.as_deref().unwrap_or("no reason recorded")
+                ),
+            );
+        }
+        let mut failures = Vec::new();
+        for core in &self.cores {
+            let cpu = core.cpu();
+            let outcome = match core.snapshot(id) {
+                Some(pending) => pending.wait(),
+                None => Err("core stopped".to_string()),
+            };
+            match outcome {
+                Ok(status) => {
+                    tracing::info!(
+                        "forced snapshot of {id} on cpu {cpu}: {} bytes in {:.1} ms, {}",
+                        status.bytes,
+                        status.dump_ms,
+                        status.images_dir.display()
+                    );
+                    return ReplyBody::Snapshot {
+                        function_id: id.to_string(),
+                        snapshot: Box::new(snapshot_info(&status)),
+                    };
+                }
+                Err(e) => failures.push(format!("cpu {cpu}: {e}")),
+            }
+        }
+        if failures.is_empty() {
+            failures.push("aetherd runs no executor core".to_string());
+        }
+        tracing::warn!("forced snapshot of {id} failed: {}", failures.join("; "));
+        error(
+            ErrorKind::Internal,
+            format!(
+                "no core could snapshot '{id}' ({}); see `aetherctl logs {id}` and aetherd.log",
+                failures.join("; ")
+            ),
+        )
     }
 
     fn stats(&self) -> ReplyBody {
@@ -371,10 +430,7 @@ impl ControlLoop {
 
     fn logs(&self, id: &str, lines: u32) -> ReplyBody {
         if self.config.function(id).is_none() {
-            return error(
-                ErrorKind::NotFound,
-                format!("no function '{id}' is deployed; see `aetherctl list`"),
-            );
+            return not_deployed(id);
         }
         match logs::tail(&self.config.orchestrator.log_dir, id, lines as usize) {
             Ok(lines) => ReplyBody::Logs {
@@ -402,6 +458,32 @@ fn error(kind: ErrorKind, message: String) -> ReplyBody {
     ReplyBody::Error { kind, message }
 }
 
+/// The answer to a command naming a function that is not deployed.
+fn not_deployed(id: &str) -> ReplyBody {
+    error(
+        ErrorKind::NotFound,
+        format!("no function '{id}' is deployed; see `aetherctl list`"),
+    )
+}
+
+/// A snapshot's status as the control protocol reports it.
+fn snapshot_info(status: &SnapshotStatus) -> SnapshotInfo {
+    let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    SnapshotInfo {
+        state: status.state.as_str().to_string(),
+        identity: status.identity.clone(),
+        images_dir: status.images_dir.display().to_string(),
+        bytes: status.bytes,
+        age_ms: SnapshotStore::age(status).map_or(0, millis),
+        dump_ms: status.dump_ms,
+        error: status.error.clone().unwrap_or_default(),
+        created_unix_ms: status
+            .created
+            .and_then(|c| c.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, millis),
+    }
+}
+
 /// Percentiles of a latency histogram in microseconds (recorded in µs).
 pub(crate) fn percentiles(h: &Histogram<u64>) -> (f64, f64, f64, f64) {
     if h.is_empty() {
@@ -425,5 +507,139 @@ impl FunctionCoreStats {
             latency_p999_us: p999,
             latency_max_us: max,
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+mod tests {
+    use super::*;
+    use crate::criu::Criu;
+    use std::path::PathBuf;
+    use std::time::SystemTime;
+
+    /// A control loop without executor cores, `hello` deployed in its config.
+    fn loop_with_hello(snapshots: SnapshotStore) -> ControlLoop {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let yaml = format!(
+            "functions:\n  - id: hello\n    trigger_port: 18080\n    handler_path: {}\n",
+            examples.join("hello.py").display()
+        );
+        let cfg = config::load_str(&yaml, "test.yaml", &examples).unwrap();
+        ControlLoop::new(cfg, Vec::new(), Instant::now(), Arc::new(snapshots))
+    }
+
+    fn error_of(body: ReplyBody) -> (ErrorKind, String) {
+        match body {
+            ReplyBody::Error { kind, message } => (kind, message),
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn snapshot_of_an_unknown_function_is_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cl = loop_with_hello(SnapshotStore::new(dir.path(), Ok(Criu::default())));
+        let (body, stop) = cl.handle(Command::Snapshot {
+            function_id: "nosuch".into(),
+        });
+        assert!(stop.is_none());
+        let (kind, message) = error_of(body);
+        assert_eq!(kind, ErrorKind::NotFound);
+        assert!(message.contains("'nosuch'"), "{message}");
+    }
+
+    #[test]
+    fn snapshot_without_criu_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::new(dir.path(), Err("CRIU not found at /nowhere/criu".into()));
+        let mut cl = loop_with_hello(store);
+        let f = cl.config.function("hello").cloned().unwrap();
+        cl.snapshots.register(&f);
+        let (kind, message) = error_of(
+            cl.handle(Command::Snapshot {
+                function_id: "hello".into(),
+            })
+            .0,
+        );
+        assert_eq!(kind, ErrorKind::Internal);
+        assert!(message.contains("/nowhere/criu"), "{message}");
+        // And list reports the same state and reason.
+        let list = cl.list();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].snapshot.state, "unavailable");
+        assert!(list[0].snapshot.error.contains("/nowhere/criu"));
+        assert_eq!((list[0].snapshot.bytes, list[0].snapshot.age_ms), (0, 0));
+    }
+
+    #[test]
+    fn snapshot_with_no_core_to_ask_is_an_error_not_a_success() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cl = loop_with_hello(SnapshotStore::new(dir.path(), Ok(Criu::default())));
+        let (kind, message) = error_of(
+            cl.handle(Command::Snapshot {
+                function_id: "hello".into(),
+            })
+            .0,
+        );
+        assert_eq!(kind, ErrorKind::Internal);
+        assert!(message.contains("no executor core"), "{message}");
+    }
+
+    #[test]
+    fn every_snapshot_state_is_one_the_protocol_documents() {
+        for state in [
+            SnapshotState::None,
+            SnapshotState::Dumping,
+            SnapshotState::Ready,
+            SnapshotState::Failed,
+            SnapshotState::Unavailable,
+        ] {
+            assert!(SnapshotInfo::STATES.contains(&state.as_str()), "{state:?}");
+        }
+    }
+
+    #[test]
+    fn list_reports_state_age_size_and_dump_time() {
+        let created = SystemTime::now() - Duration::from_millis(1_500);
+        let status = SnapshotStatus {
+            state: SnapshotState::Ready,
+            identity: "0123456789abcdef".into(),
+            images_dir: PathBuf::from("/dev/shm/aetherless/hello/0123456789abcdef"),
+            bytes: 4_194_304,
+            created: Some(created),
+            dump_ms: 70.25,
+            error: None,
+        };
+        let info = snapshot_info(&status);
+        assert_eq!(info.state, "ready");
+        assert_eq!(info.identity, "0123456789abcdef");
+        assert_eq!(
+            info.images_dir,
+            "/dev/shm/aetherless/hello/0123456789abcdef"
+        );
+        assert_eq!(info.bytes, 4_194_304);
+        assert!(
+            (1_500..60_000).contains(&info.age_ms),
+            "age {}",
+            info.age_ms
+        );
+        assert!((info.dump_ms - 70.25).abs() < f64::EPSILON);
+        assert!(info.error.is_empty());
+        let since_epoch = created.duration_since(UNIX_EPOCH).unwrap().as_millis();
+        assert_eq!(u128::from(info.created_unix_ms), since_epoch);
+
+        let none = snapshot_info(&SnapshotStatus {
+            state: SnapshotState::None,
+            created: None,
+            bytes: 0,
+            dump_ms: 0.0,
+            error: None,
+            ..status
+        });
+        assert_eq!(
+            (none.state.as_str(), none.age_ms, none.created_unix_ms),
+            ("none", 0, 0)
+        );
     }
 }

@@ -28,11 +28,27 @@
 //!  ArchivedReply       48   +0 id: u64 | +8 body:    u8 tag, then that variant's fields
 //!
 //!  Command tags   0 Deploy  1 Undeploy  2 List  3 Stats  4 Shutdown  5 Ping  6 Logs
+//!                 7 Snapshot
 //!  ReplyBody tags 0 Ok  1 Error  2 Deployed  3 List  4 Stats  5 Pong  6 Logs  7 ShuttingDown
+//!                 8 Snapshot (its SnapshotInfo is boxed: a 4-byte rel ptr, so the
+//!                   root keeps its 48 bytes)
 //!  ErrorKind      u8, declaration order (0 InvalidConfig .. 6 Internal)
-//!  String         8 bytes: inline if <= 8 bytes, else length header + i32 rel ptr
-//!  Vec<T>         8 bytes: i32 rel ptr + u32 len, to `len` packed archived T
+//!  String         8 bytes, 4-aligned: inline if <= 8 bytes, else length header + i32 rel ptr
+//!  Vec<T>         8 bytes, 4-aligned: i32 rel ptr + u32 len, to `len` packed archived T
 //!  bool           1 byte, 0 or 1;  padding is written as zero
+//!  Box<T>         4 bytes: i32 rel ptr to one archived T
+//! ```
+//!
+//! Out-of-line structs (Vec elements, boxed values), repr(C) in field order:
+//!
+//! ```text
+//!  ArchivedSnapshotInfo    64   +0 state: String | +8 identity: String
+//!                               +16 images_dir: String | +24 bytes: u64
+//!                               +32 age_ms: u64 | +40 dump_ms: f64 | +48 error: String
+//!                               +56 created_unix_ms: u64
+//!  ArchivedFunctionStatus  88   +0 id: String | +8 trigger_port: u16, 2 padding
+//!                               +12 instances: Vec, 4 padding | +24 snapshot:
+//!                               SnapshotInfo (8-aligned for its u64s)
 //! ```
 //!
 //! For example `Request { id: 1, command: Undeploy { function_id: "abcdefghij" } }`
@@ -122,7 +138,7 @@ pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
 
 /// Version of the message schema in this module, for the control segment to
 /// fold into its layout hash; bump it whenever a type here changes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Alignment an encoded message needs to be decoded in place.
 pub const MESSAGE_ALIGN: usize = 8;
@@ -133,6 +149,12 @@ const _: () = assert!(core::mem::align_of::<ArchivedReply>() <= MESSAGE_ALIGN);
 // Root sizes drawn in the module docs; a change here is an ABI change.
 const _: () = assert!(core::mem::size_of::<ArchivedRequest>() == 32);
 const _: () = assert!(core::mem::size_of::<ArchivedReply>() == 48);
+const _: () = assert!(core::mem::size_of::<ArchivedSnapshotInfo>() == 64);
+const _: () = assert!(core::mem::size_of::<ArchivedFunctionStatus>() == 88);
+const _: () = assert!(core::mem::offset_of!(ArchivedSnapshotInfo, dump_ms) == 40);
+const _: () = assert!(core::mem::offset_of!(ArchivedSnapshotInfo, created_unix_ms) == 56);
+const _: () = assert!(core::mem::offset_of!(ArchivedFunctionStatus, instances) == 12);
+const _: () = assert!(core::mem::offset_of!(ArchivedFunctionStatus, snapshot) == 24);
 
 /// Failure to encode or decode a control message.
 #[derive(Debug, thiserror::Error)]
@@ -220,6 +242,12 @@ pub enum Command {
         /// How many of the most recent lines to return.
         tail_lines: u32,
     },
+    /// Dump a ready instance of one function with CRIU now, replacing its
+    /// snapshot ([`ReplyBody::Snapshot`]).
+    Snapshot {
+        /// Function id as in the config.
+        function_id: String,
+    },
 }
 
 /// `aetherd`'s answer to one [`Request`].
@@ -284,6 +312,13 @@ pub enum ReplyBody {
     },
     /// Result of `Shutdown`: draining has started; `aetherd` exits after it.
     ShuttingDown,
+    /// Result of `Snapshot`: the function's snapshot after the dump.
+    Snapshot {
+        /// Function id as in the config.
+        function_id: String,
+        /// The new snapshot (boxed to keep the root small, see the module docs).
+        snapshot: Box<SnapshotInfo>,
+    },
 }
 
 /// Why a command failed.
@@ -330,6 +365,40 @@ pub struct FunctionStatus {
     pub trigger_port: u16,
     /// Its running (or restarting) instances.
     pub instances: Vec<InstanceStatus>,
+    /// Its CRIU snapshot.
+    pub snapshot: SnapshotInfo,
+}
+
+/// A function's CRIU snapshot, as reported by `List` and `Snapshot`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[rkyv(derive(Debug))]
+pub struct SnapshotInfo {
+    /// One of [`SnapshotInfo::STATES`]: `"none"` (no images yet),
+    /// `"dumping"`, `"ready"` (new instances are restored from it),
+    /// `"failed"` (the last dump failed, see `error`), `"unavailable"` (CRIU
+    /// is not usable here, see `error`).
+    pub state: String,
+    /// Identity the images belong to (16 hex digits; empty when unknown).
+    pub identity: String,
+    /// Directory of the images (empty when unknown).
+    pub images_dir: String,
+    /// Total size of the images, in bytes (0 when there are none).
+    pub bytes: u64,
+    /// Time since the images were completed, in milliseconds (0 when none).
+    pub age_ms: u64,
+    /// Wall time of the `criu dump` that made them, in milliseconds (0 for
+    /// images adopted from disk, or when there are none).
+    pub dump_ms: f64,
+    /// Why the last dump failed or why CRIU is unavailable; empty otherwise.
+    pub error: String,
+    /// When the images were completed, in milliseconds since the Unix epoch
+    /// (0 when none).
+    pub created_unix_ms: u64,
+}
+
+impl SnapshotInfo {
+    /// Every value `state` takes.
+    pub const STATES: [&'static str; 5] = ["none", "dumping", "ready", "failed", "unavailable"];
 }
 
 /// One instance of a function.
@@ -774,6 +843,102 @@ mod tests {
         bytes[8] = 200;
         let err = decode_reply(&bytes).unwrap_err();
         assert!(matches!(err, MessageError::Invalid { .. }), "{err:?}");
+    }
+
+    fn ready_snapshot() -> SnapshotInfo {
+        SnapshotInfo {
+            state: "ready".to_owned(),
+            identity: "0123456789abcdef".to_owned(),
+            images_dir: "/dev/shm/aetherless/hello/0123456789abcdef".to_owned(),
+            bytes: 9_876_543,
+            age_ms: 1_250,
+            dump_ms: 71.5,
+            error: String::new(),
+            created_unix_ms: 1_790_000_000_000,
+        }
+    }
+
+    #[test]
+    fn snapshot_command_round_trips_with_tag_7() {
+        let req = Request {
+            id: client_request_id(77, 1),
+            command: Command::Snapshot {
+                function_id: "hello".to_owned(),
+            },
+        };
+        let bytes = encode_request(&req).unwrap();
+        assert_eq!(bytes.len(), 32, "a short id stays inline in the root");
+        assert_eq!(bytes[8], 7, "Snapshot is the eighth command");
+        assert_eq!(decode_request(&bytes).unwrap(), req);
+    }
+
+    #[test]
+    fn snapshot_reply_round_trips_and_keeps_the_root_size() {
+        let reply = Reply {
+            id: 5,
+            body: ReplyBody::Snapshot {
+                function_id: "hello-api-with-a-long-name".to_owned(),
+                snapshot: Box::new(ready_snapshot()),
+            },
+        };
+        let bytes = encode_reply(&reply).unwrap();
+        let root = &bytes[bytes.len() - 48..];
+        assert_eq!(root[8], 8, "Snapshot is the ninth reply body");
+        assert_eq!(decode_reply(&bytes).unwrap(), reply);
+    }
+
+    #[test]
+    fn list_reply_carries_each_functions_snapshot() {
+        let failed = SnapshotInfo {
+            state: "failed".to_owned(),
+            error: "criu dump exited with 1: (00.012) Error (criu/cr-dump.c:1): boom".to_owned(),
+            ..SnapshotInfo::default()
+        };
+        let reply = Reply {
+            id: 6,
+            body: ReplyBody::List {
+                functions: vec![
+                    FunctionStatus {
+                        id: "hello".to_owned(),
+                        trigger_port: 8080,
+                        instances: vec![InstanceStatus {
+                            instance_id: "hello-c0-1".to_owned(),
+                            core: 0,
+                            state: "ready".to_owned(),
+                            pid: 4321,
+                            restarts: 0,
+                        }],
+                        snapshot: ready_snapshot(),
+                    },
+                    FunctionStatus {
+                        id: "other".to_owned(),
+                        trigger_port: 8081,
+                        instances: Vec::new(),
+                        snapshot: failed,
+                    },
+                    FunctionStatus {
+                        id: "fresh".to_owned(),
+                        trigger_port: 8082,
+                        instances: Vec::new(),
+                        snapshot: SnapshotInfo {
+                            state: "none".to_owned(),
+                            ..SnapshotInfo::default()
+                        },
+                    },
+                ],
+            },
+        };
+        let bytes = encode_reply(&reply).unwrap();
+        assert_eq!(decode_reply(&bytes).unwrap(), reply);
+    }
+
+    #[test]
+    fn snapshot_states_are_lower_case_and_distinct() {
+        let mut seen = std::collections::HashSet::new();
+        for s in SnapshotInfo::STATES {
+            assert_eq!(s, s.to_lowercase());
+            assert!(seen.insert(s), "{s} listed twice");
+        }
     }
 
     #[test]

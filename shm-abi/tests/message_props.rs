@@ -14,7 +14,8 @@ use rkyv::{rancor, util::AlignedVec};
 use shm_abi::message::{
     decode_reply, decode_request, encode_reply, encode_reply_to_slice, encode_request,
     encode_request_to_slice, ArchivedReply, ArchivedRequest, Command, ErrorKind, FunctionStats,
-    FunctionStatus, InstanceStatus, MessageError, Reply, ReplyBody, Request, MESSAGE_ALIGN,
+    FunctionStatus, InstanceStatus, MessageError, Reply, ReplyBody, Request, SnapshotInfo,
+    MESSAGE_ALIGN,
 };
 
 // ---------- strategies ----------
@@ -46,6 +47,7 @@ fn command() -> impl Strategy<Value = Command> {
             function_id,
             tail_lines
         }),
+        text().prop_map(|function_id| Command::Snapshot { function_id }),
     ]
 }
 
@@ -77,14 +79,37 @@ fn instance() -> impl Strategy<Value = InstanceStatus> {
     )
 }
 
+fn snapshot_info() -> impl Strategy<Value = SnapshotInfo> {
+    (
+        (text(), text(), text(), text()),
+        // any::<f64>() includes NaN, infinities and subnormals.
+        (any::<u64>(), any::<u64>(), any::<f64>(), any::<u64>()),
+    )
+        .prop_map(
+            |((state, identity, images_dir, error), (bytes, age_ms, dump_ms, created_unix_ms))| {
+                SnapshotInfo {
+                    state,
+                    identity,
+                    images_dir,
+                    bytes,
+                    age_ms,
+                    dump_ms,
+                    error,
+                    created_unix_ms,
+                }
+            },
+        )
+}
+
 fn function_status() -> impl Strategy<Value = FunctionStatus> {
-    (text(), any::<u16>(), vec(instance(), 0..4)).prop_map(|(id, trigger_port, instances)| {
-        FunctionStatus {
+    (text(), any::<u16>(), vec(instance(), 0..4), snapshot_info()).prop_map(
+        |(id, trigger_port, instances, snapshot)| FunctionStatus {
             id,
             trigger_port,
             instances,
-        }
-    })
+            snapshot,
+        },
+    )
 }
 
 fn function_stats() -> impl Strategy<Value = FunctionStats> {
@@ -142,6 +167,10 @@ fn reply_body() -> impl Strategy<Value = ReplyBody> {
         }),
         ids().prop_map(|lines| ReplyBody::Logs { lines }),
         Just(ReplyBody::ShuttingDown),
+        (text(), snapshot_info()).prop_map(|(function_id, snapshot)| ReplyBody::Snapshot {
+            function_id,
+            snapshot: Box::new(snapshot),
+        }),
     ]
 }
 
@@ -356,6 +385,9 @@ fn one_request_per_variant() -> Vec<Request> {
             function_id: "fn".into(),
             tail_lines: 100,
         },
+        Command::Snapshot {
+            function_id: "resize-image".into(),
+        },
     ];
     cmds.into_iter()
         .enumerate()
@@ -390,6 +422,11 @@ fn one_reply_per_variant() -> Vec<Reply> {
                     pid: 4321,
                     restarts: 2,
                 }],
+                snapshot: SnapshotInfo {
+                    state: "failed".into(),
+                    error: "criu dump: exit 1".into(),
+                    ..SnapshotInfo::default()
+                },
             }],
         },
         ReplyBody::Stats {
@@ -415,6 +452,19 @@ fn one_reply_per_variant() -> Vec<Reply> {
             lines: vec!["started".into(), "listening on :8080".into()],
         },
         ReplyBody::ShuttingDown,
+        ReplyBody::Snapshot {
+            function_id: "hello-world".into(),
+            snapshot: Box::new(SnapshotInfo {
+                state: "ready".into(),
+                identity: "0123456789abcdef".into(),
+                images_dir: "/dev/shm/aetherless/hello-world/0123456789abcdef".into(),
+                bytes: 5_242_880,
+                age_ms: 12,
+                dump_ms: 70.5,
+                error: String::new(),
+                created_unix_ms: 1_790_000_000_000,
+            }),
+        },
     ];
     bodies
         .into_iter()
