@@ -71,7 +71,8 @@ pub enum Command {
         /// Function id.
         function: String,
     },
-    /// Live state: functions, their instances per core and their states.
+    /// Live state: functions, their instances per core and their states, and
+    /// each function's snapshot (state, age, size).
     List {
         #[arg(long, short, value_enum, default_value_t = Output::Table)]
         output: Output,
@@ -91,6 +92,18 @@ pub enum Command {
         /// Number of lines from the end.
         #[arg(long, short = 'n', default_value_t = 100)]
         lines: u32,
+    },
+    /// Dump a ready instance of a function with CRIU now (it keeps running);
+    /// new instances are restored from the images. Exit 0 when the snapshot
+    /// is ready.
+    Snapshot {
+        /// Function id.
+        function: String,
+        #[arg(long, short, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        /// Seconds to wait for aetherd's answer (each core may take up to 60 s).
+        #[arg(long, default_value_t = crate::command::SNAPSHOT_TIMEOUT_S)]
+        timeout: u64,
     },
     /// Check a configuration file; print OK or every error.
     Validate {

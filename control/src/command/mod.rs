@@ -4,6 +4,7 @@ mod deploy;
 mod down;
 mod list;
 mod logs;
+mod snapshot;
 mod stats;
 mod up;
 mod validate;
@@ -19,6 +20,9 @@ use crate::{Client, CtlError};
 
 /// How long a query verb waits for aetherd's reply.
 pub(crate) const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default `snapshot --timeout`, in seconds.
+pub const SNAPSHOT_TIMEOUT_S: u64 = snapshot::DEFAULT_TIMEOUT_S;
 
 /// Run one parsed command line.
 pub fn dispatch(cli: Cli) -> Result<(), CtlError> {
@@ -47,6 +51,11 @@ pub fn dispatch(cli: Cli) -> Result<(), CtlError> {
         Command::List { output } => list::run(&ctx, output),
         Command::Stats { output, dashboard } => stats::run(&ctx, output, dashboard),
         Command::Logs { function, lines } => logs::run(&ctx, &function, lines),
+        Command::Snapshot {
+            function,
+            output,
+            timeout,
+        } => snapshot::run(&ctx, &function, output, Duration::from_secs(timeout)),
         Command::Validate { file } => validate::run(&ctx, file.as_deref()),
     }
 }
