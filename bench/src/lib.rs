@@ -25,10 +25,13 @@
 //! - [`ring`]: the shared-memory ring benchmark (binary `ring`).
 //! - [`gateway`]: the HTTP gateway benchmark (binary `gateway`): the aetherd hop
 //!   against the native handler direct and behind nginx.
+//! - [`autoscale`]: the autoscaling benchmark (binary `autoscale`): a 0 → 50
+//!   clients burst against a function at zero instances.
 //! - [`xdp`]: the eBPF data plane benchmark (binary `xdp`): XDP strict-mode
 //!   drop rate against nftables, XDP cost per packet, accept locality.
 
 pub mod affinity;
+pub mod autoscale;
 pub mod cli;
 pub mod clock;
 pub mod gateway;
