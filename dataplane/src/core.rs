@@ -32,13 +32,17 @@ use crate::gateway::{
 use crate::instance::cgroup::CgroupRoot;
 use crate::instance::netns::{self, Egress, EgressConfig, NetnsPool};
 use crate::instance::supervisor::{BackoffPolicy, Supervisor, SupervisorEvent, SupervisorStats};
+use crate::instance::supervisor::{RestoreSource, StartSource};
 use crate::instance::InstanceSpec;
 use crate::lifecycle_metrics::{FunctionLabel, LifecycleMetrics};
-use crate::snapshot::{SnapshotStatus, SnapshotStore};
+use crate::scaling::{FunctionScale, ScaleMetrics, ScaleRegistry};
+use crate::snapshot::{DumpTicket, SnapshotState, SnapshotStatus, SnapshotStore};
 use crate::steering::Steering;
 
-/// How often a settled supervisor looks for exited instances.
-const SUPERVISE_IDLE_TICK: Duration = Duration::from_millis(50);
+/// How often a settled supervisor looks for exited instances and samples
+/// the function's demand for the autoscaler (a queued request wakes it
+/// at once).
+const SUPERVISE_IDLE_TICK: Duration = Duration::from_millis(20);
 /// Longest a handler gets between SIGTERM and SIGKILL when it is stopped
 /// (python as pid 1 of its namespace ignores SIGTERM unless it handles it).
 const STOP_GRACE: Duration = Duration::from_secs(1);
@@ -56,6 +60,12 @@ pub struct Shared {
     pub snapshots: Arc<SnapshotStore>,
     /// Frozen restored instances each core keeps per function (`--warm-pool`).
     pub warm_pool_per_core: usize,
+    /// Number of cores (executors).
+    pub cores: usize,
+    /// Each deployed function's autoscaling state, shared by its cores.
+    pub scales: Arc<ScaleRegistry>,
+    /// The autoscaler's metrics.
+    pub scale_metrics: ScaleMetrics,
 }
 
 /// A short, stable tag for a state dir, for kernel object names (the
@@ -120,6 +130,9 @@ impl Shared {
             egress,
             snapshots,
             warm_pool_per_core: 0,
+            cores: 1,
+            scales: Arc::new(ScaleRegistry::default()),
+            scale_metrics: ScaleMetrics::default(),
         })
     }
 
@@ -449,6 +462,9 @@ struct FunctionOnCore {
     stop_accepting: Rc<Signal>,
     /// Set to end the supervision task.
     stop_supervising: Rc<Cell<bool>>,
+    /// Forced snapshots asked for (`aetherctl snapshot`), served by the
+    /// supervision task.
+    snapshot_requests: Rc<RefCell<SnapshotRequests>>,
     /// The gateway task; `None` until the function's listener is serving.
     serve_task: Option<glommio::task::JoinHandle<gateway::ServeReport>>,
     supervise_task: glommio::task::JoinHandle<()>,
@@ -518,9 +534,7 @@ async fn core_main(setup: CoreSetup, rx: flume::Receiver<CoreCommand>) {
             CoreCommand::Stats { reply } => {
                 let _ = reply.send(stats(&core));
             }
-            CoreCommand::Snapshot { id, done } => {
-                let _ = done.send(Err(format!("{id}: forced snapshots are not wired yet")));
-            }
+            CoreCommand::Snapshot { id, done } => request_snapshot(&core, &id, done),
             CoreCommand::Shutdown { deadline } => {
                 let all = std::mem::take(&mut *core.functions.borrow_mut());
                 for f in all.values() {
@@ -541,12 +555,6 @@ async fn core_main(setup: CoreSetup, rx: flume::Receiver<CoreCommand>) {
             }
         }
     }
-}
-
-/// Instances a core keeps of a function (the autoscaler of issue 6 will
-/// move this between `min_instances` and `max_instances`).
-fn desired_instances(f: &config::Function) -> usize {
-    (f.min_instances as usize).max(1)
 }
 
 async fn deploy(
@@ -583,23 +591,50 @@ async fn deploy(
         &core.shared.orchestrator.log_dir,
         &core.shared.orchestrator.state_dir,
     );
-    let supervisor = Rc::new(RefCell::new(Supervisor::new(
+    let scale = core
+        .shared
+        .scales
+        .get_or_create(&f, core.shared.cores, &core.shared.scale_metrics)
+        .map_err(|e| format!("function '{}': {e}", f.id))?;
+    let snapshots = core.shared.snapshots.clone();
+    let snap = snapshots.register(&f);
+    let mut supervisor = Supervisor::new(
         spec,
         core.shared.cgroups.clone(),
-        desired_instances(&f),
+        1,
         BackoffPolicy::default(),
-    )));
+    );
+    if let Some(criu) = snapshots.criu() {
+        supervisor = supervisor.with_restore(RestoreSource {
+            criu: criu.clone(),
+            snapshots: snapshots.clone(),
+            budget: core.shared.orchestrator.restore_timeout(),
+            warm_pool: core.shared.warm_pool_per_core,
+        });
+    } else if snap.state == SnapshotState::Unavailable {
+        tracing::info!(
+            "core {}: {}: no snapshots, instances are spawned: {}",
+            core.index,
+            f.id,
+            snap.error.as_deref().unwrap_or("")
+        );
+    }
+    let supervisor = Rc::new(RefCell::new(supervisor));
     let stop_supervising = Rc::new(Cell::new(false));
+    let snapshot_requests = Rc::new(RefCell::new(SnapshotRequests::default()));
     let (first_tx, first_rx) = flume::bounded::<Result<(), String>>(1);
-    let supervise_task = glommio::spawn_local(supervise(
-        core.clone(),
-        supervisor.clone(),
-        route.clone(),
-        Rc::new(RefCell::new(HashMap::new())),
-        stop_supervising.clone(),
-        f.concurrency as usize,
-        first_tx,
-    ))
+    let supervise_task = glommio::spawn_local(supervise(Supervision {
+        core: core.clone(),
+        supervisor: supervisor.clone(),
+        route: route.clone(),
+        stop: stop_supervising.clone(),
+        concurrency: f.concurrency as usize,
+        idle_timeout: f.idle_timeout(),
+        warmup_requests: f.warmup_requests,
+        scale,
+        snapshot_requests: snapshot_requests.clone(),
+        first: first_tx,
+    }))
     .detach();
     let mut new = FunctionOnCore {
         function: f,
@@ -608,6 +643,7 @@ async fn deploy(
         supervisor,
         stop_accepting: Rc::new(Signal::new()),
         stop_supervising,
+        snapshot_requests,
         serve_task: None,
         supervise_task,
     };
@@ -702,84 +738,349 @@ fn unsteer(core: &CoreState, f: &FunctionOnCore) {
     });
 }
 
-/// The supervision task of one function on one core: ticks the supervisor and
-/// keeps the route's backends equal to the ready instances.
-async fn supervise(
+/// Forced snapshots waiting for a fresh instance of the function.
+#[derive(Debug, Default)]
+struct SnapshotRequests {
+    /// The claim to dump the next instance that becomes ready.
+    ticket: Option<DumpTicket>,
+    /// Who waits for the outcome.
+    waiters: Vec<flume::Sender<Result<SnapshotStatus, String>>>,
+}
+
+/// What the supervision task of one function on one core works with.
+struct Supervision {
     core: Rc<CoreState>,
     supervisor: Rc<RefCell<Supervisor>>,
     route: Rc<FunctionRoute>,
-    backends: Rc<RefCell<HashMap<String, u64>>>,
     stop: Rc<Cell<bool>>,
     concurrency: usize,
+    idle_timeout: Duration,
+    warmup_requests: u32,
+    scale: Arc<FunctionScale>,
+    snapshot_requests: Rc<RefCell<SnapshotRequests>>,
     first: flume::Sender<Result<(), String>>,
-) {
-    let mut first = Some(first);
-    let mut last_stats = SupervisorStats::default();
-    while !stop.get() {
+}
+
+/// The outcome of a dump, from its thread: (instance id, status or error).
+type DumpDone = (String, Result<SnapshotStatus, String>);
+
+/// Mutable state of a supervision task.
+struct SuperviseState {
+    /// Instance id → gateway backend id, for the instances in the route.
+    backends: HashMap<String, u64>,
+    first: Option<flume::Sender<Result<(), String>>>,
+    last_stats: SupervisorStats,
+    /// The instance held out of the route while it is dumped.
+    dumping: Option<String>,
+    dump_tx: flume::Sender<DumpDone>,
+    dump_rx: flume::Receiver<DumpDone>,
+    /// The route's request count at the previous tick.
+    last_requests: u64,
+    /// When this core last saw a request start (the deploy counts as one).
+    last_request_at: Instant,
+}
+
+/// The supervision task of one function on one core: ticks the supervisor,
+/// keeps the route's backends equal to the ready instances, snapshots the
+/// first fresh instance, and follows the autoscaler's allocation.
+async fn supervise(sv: Supervision) {
+    let (dump_tx, dump_rx) = flume::unbounded();
+    let mut st = SuperviseState {
+        backends: HashMap::new(),
+        first: Some(sv.first.clone()),
+        last_stats: SupervisorStats::default(),
+        dumping: None,
+        dump_tx,
+        dump_rx,
+        last_requests: 0,
+        last_request_at: Instant::now(),
+    };
+    while !sv.stop.get() {
         let now = Instant::now();
-        let events = supervisor.borrow_mut().tick(now, &core.pool);
+        let events = sv.supervisor.borrow_mut().tick(now, &sv.core.pool);
         for event in events {
-            match event {
-                SupervisorEvent::Ready { instance, after } => {
-                    tracing::info!(
-                        "core {}: {instance} ready after {:.1} ms",
-                        core.index,
-                        after.as_secs_f64() * 1e3
-                    );
-                    core.lifecycle
-                        .observe_handshake(route.function(), after.as_secs_f64());
-                    let sup = supervisor.borrow();
-                    if let Some(inst) = sup.ready().iter().find(|i| i.id() == instance) {
-                        match InstanceUpstream::new(&core, inst) {
-                            Ok(up) => {
-                                backends.borrow_mut().insert(instance.clone(), up.id);
-                                route.add_backend(Rc::new(up), concurrency.max(1));
-                            }
-                            Err(e) => tracing::error!(
-                                "{instance}: cannot reach its network namespace: {e}"
-                            ),
-                        }
-                    }
-                    if let Some(tx) = first.take() {
-                        let _ = tx.send(Ok(()));
-                    }
-                }
-                SupervisorEvent::Exited { instance, reason } => {
-                    tracing::warn!("core {}: {instance} exited: {reason}", core.index);
-                    if let Some(id) = backends.borrow_mut().remove(&instance) {
-                        route.remove_backend(id);
-                    }
-                }
-                SupervisorEvent::StartFailed {
-                    instance,
-                    error,
-                    retry_in,
-                } => {
-                    tracing::error!(
-                        "core {}: {instance} failed to start: {error}; retrying in {} ms",
-                        core.index,
-                        retry_in.as_millis()
-                    );
-                    if let Some(tx) = first.take() {
-                        let _ = tx.send(Err(format!("{instance}: {error}")));
-                    }
-                }
-            }
+            handle_event(&sv, &mut st, event);
         }
+        while let Ok((instance, result)) = st.dump_rx.try_recv() {
+            dump_finished(&sv, &mut st, &instance, result);
+        }
+        follow_allocation(&sv, &mut st, now);
         report_supervisor(
-            &core,
-            route.function(),
-            &supervisor.borrow(),
-            &mut last_stats,
+            &sv.core,
+            sv.route.function(),
+            &sv.supervisor.borrow(),
+            &mut st.last_stats,
         );
-        let next = supervisor
+        let next = sv
+            .supervisor
             .borrow()
             .next_tick(now)
             .unwrap_or(now + SUPERVISE_IDLE_TICK);
         let wait = next
             .saturating_duration_since(Instant::now())
             .clamp(Duration::from_millis(1), SUPERVISE_IDLE_TICK);
-        glommio::timer::sleep(wait).await;
+        futures_lite::future::or(glommio::timer::sleep(wait), sv.route.demand().notified()).await;
+    }
+    for tx in std::mem::take(&mut sv.snapshot_requests.borrow_mut().waiters) {
+        let _ = tx.send(Err("the function stopped on this core".into()));
+    }
+}
+
+fn handle_event(sv: &Supervision, st: &mut SuperviseState, event: SupervisorEvent) {
+    let core = &sv.core;
+    let function = sv.route.function();
+    match event {
+        SupervisorEvent::Ready {
+            instance,
+            after,
+            source,
+        } => {
+            tracing::info!(
+                "core {}: {instance} ready after {:.1} ms ({})",
+                core.index,
+                after.as_secs_f64() * 1e3,
+                source.as_str()
+            );
+            core.lifecycle.started(function, source.as_str());
+            match source {
+                StartSource::Spawn => core
+                    .lifecycle
+                    .observe_handshake(function, after.as_secs_f64()),
+                StartSource::Restore => core
+                    .lifecycle
+                    .observe_restore(function, after.as_secs_f64()),
+                StartSource::Warm => {}
+            }
+            if source == StartSource::Spawn && st.dumping.is_none() && start_dump(sv, st, &instance)
+            {
+                // Served once the dump is done (see `dump_finished`).
+            } else {
+                add_backend(sv, st, &instance);
+            }
+            if let Some(tx) = st.first.take() {
+                let _ = tx.send(Ok(()));
+            }
+        }
+        SupervisorEvent::Exited { instance, reason } => {
+            tracing::warn!("core {}: {instance} exited: {reason}", core.index);
+            if let Some(id) = st.backends.remove(&instance) {
+                sv.route.remove_backend(id);
+            }
+        }
+        SupervisorEvent::StartFailed {
+            instance,
+            error,
+            retry_in,
+        } => {
+            tracing::error!(
+                "core {}: {instance} failed to start: {error}; retrying in {} ms",
+                core.index,
+                retry_in.as_millis()
+            );
+            if let Some(tx) = st.first.take() {
+                let _ = tx.send(Err(format!("{instance}: {error}")));
+            }
+        }
+        SupervisorEvent::RestoreFailed {
+            instance,
+            error,
+            over_budget,
+            elapsed,
+        } => {
+            let reason = if over_budget { "over_budget" } else { "failed" };
+            core.lifecycle.restore_failed(function, reason);
+            tracing::error!(
+                "core {}: restoring {instance} {reason} after {:.1} ms (restore_timeout_ms {}); \
+                 the next instance is spawned: {error}",
+                core.index,
+                elapsed.as_secs_f64() * 1e3,
+                core.shared.orchestrator.restore_timeout_ms
+            );
+        }
+    }
+}
+
+/// Puts a ready instance into the route.
+fn add_backend(sv: &Supervision, st: &mut SuperviseState, instance: &str) {
+    let sup = sv.supervisor.borrow();
+    let Some(inst) = sup.ready().iter().find(|i| i.id() == instance) else {
+        return;
+    };
+    match InstanceUpstream::new(&sv.core, inst) {
+        Ok(up) => {
+            st.backends.insert(instance.to_string(), up.id);
+            sv.route.add_backend(Rc::new(up), sv.concurrency.max(1));
+        }
+        Err(e) => tracing::error!("{instance}: cannot reach its network namespace: {e}"),
+    }
+}
+
+/// Dumps `instance` (fresh, never served) on a thread of its own when the
+/// function has no snapshot yet or one was asked for; returns whether it did.
+fn start_dump(sv: &Supervision, st: &mut SuperviseState, instance: &str) -> bool {
+    let store = sv.core.shared.snapshots.clone();
+    let function = sv.route.function().to_string();
+    let forced = sv.snapshot_requests.borrow_mut().ticket.take();
+    let Some(ticket) = forced.or_else(|| store.claim(&function, false)) else {
+        return false;
+    };
+    let sup = sv.supervisor.borrow();
+    let Some(inst) = sup.ready().iter().find(|i| i.id() == instance) else {
+        return false;
+    };
+    let (pid, log, port) = (inst.pid(), inst.log_path().to_path_buf(), inst.port());
+    let netns = match inst.netns().fd().try_clone_to_owned() {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!("{instance}: cannot snapshot: {e}");
+            return false;
+        }
+    };
+    let warmup = sv.warmup_requests;
+    let tx = st.dump_tx.clone();
+    let id = instance.to_string();
+    tracing::info!(
+        "core {}: snapshotting {id} into {}",
+        sv.core.index,
+        ticket.dir.display()
+    );
+    let spawned = std::thread::Builder::new()
+        .name("aether-dump".into())
+        .spawn(move || {
+            let result = store
+                .dump(ticket, pid, &log, || warm_up(&netns, port, warmup, &id))
+                .map_err(|e| e.to_string());
+            let _ = tx.send((id, result));
+        });
+    match spawned {
+        Ok(_) => {
+            st.dumping = Some(instance.to_string());
+            true
+        }
+        Err(e) => {
+            tracing::warn!("{instance}: cannot start the dump thread: {e}");
+            false
+        }
+    }
+}
+
+/// Sends `n` `GET /` requests to a fresh instance before its dump, each on
+/// its own connection (closed before the dump, so none is in the images).
+fn warm_up(
+    netns: &OwnedFd,
+    port: u16,
+    n: u32,
+    instance: &str,
+) -> Result<(), crate::snapshot::SnapshotError> {
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+    for i in 1..=n {
+        let fail = |reason: String| crate::snapshot::SnapshotError::Warmup {
+            instance: instance.to_string(),
+            n: i,
+            total: n,
+            reason,
+        };
+        let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+        let mut s = netns::tcp_connect_in(netns.as_fd(), addr, Some(Duration::from_secs(5)))
+            .map_err(|e| fail(e.to_string()))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| fail(e.to_string()))?;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .map_err(|e| fail(e.to_string()))?;
+        let mut sink = Vec::new();
+        s.read_to_end(&mut sink).map_err(|e| fail(e.to_string()))?;
+    }
+    if n > 0 {
+        // Let the handler close its side and return to accept(2).
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+fn dump_finished(
+    sv: &Supervision,
+    st: &mut SuperviseState,
+    instance: &str,
+    result: Result<SnapshotStatus, String>,
+) {
+    let function = sv.route.function();
+    sv.core.lifecycle.snapshot_done(function, result.is_ok());
+    match &result {
+        Ok(s) => tracing::info!(
+            "core {}: {function}: snapshot {} ready ({:.1} ms dump, {} KiB) from {instance}",
+            sv.core.index,
+            s.identity,
+            s.dump_ms,
+            s.bytes >> 10
+        ),
+        Err(e) => tracing::error!(
+            "core {}: {function}: snapshot of {instance} failed, instances keep being spawned: {e}",
+            sv.core.index
+        ),
+    }
+    for tx in std::mem::take(&mut sv.snapshot_requests.borrow_mut().waiters) {
+        let _ = tx.send(result.clone());
+    }
+    st.dumping = None;
+    add_backend(sv, st, instance);
+}
+
+/// Samples this core's demand for the function's autoscaler, lets it decide
+/// when due, and starts or retires instances to match this core's share.
+fn follow_allocation(sv: &Supervision, st: &mut SuperviseState, now: Instant) {
+    let route = &sv.route;
+    let demand = route.in_flight() + route.queue_len();
+    let requests = route.requests();
+    let new_requests = requests != st.last_requests;
+    if new_requests {
+        st.last_requests = requests;
+        st.last_request_at = now;
+    }
+    let active = demand > 0 || now.saturating_duration_since(st.last_request_at) < sv.idle_timeout;
+    let mut sup = sv.supervisor.borrow_mut();
+    let live = sup.live();
+    sv.scale.publish(
+        sv.core.index,
+        u32::try_from(demand).unwrap_or(u32::MAX),
+        u32::try_from(live).unwrap_or(u32::MAX),
+        active,
+    );
+    let urgent = route.queue_len() > 0 && route.backend_count() == 0;
+    sv.scale.decide(now, urgent, new_requests);
+    if st.first.is_some() {
+        // The deploy waits for this core's first instance: keep it coming.
+        return;
+    }
+    let want = sv.scale.allocation(sv.core.index) as usize;
+    let ready = sup.ready().len();
+    if want >= ready {
+        if sup.desired() != want {
+            sup.set_desired(want);
+        }
+        return;
+    }
+    // Fewer: drop what is still starting, then retire ready instances with
+    // nothing in flight (never one in the middle of a request).
+    sup.set_desired(ready);
+    let idle: Vec<(String, u64)> = sup
+        .ready()
+        .iter()
+        .filter_map(|i| {
+            let bid = *st.backends.get(i.id())?;
+            (route.backend_in_flight(bid) == Some(0)).then(|| (i.id().to_string(), bid))
+        })
+        .take(ready - want)
+        .collect();
+    for (id, bid) in idle {
+        route.remove_backend(bid);
+        st.backends.remove(&id);
+        if let Some(SupervisorEvent::Exited { instance, reason }) = sup.retire(&id) {
+            tracing::info!(
+                "core {}: {instance} retired by the autoscaler ({reason})",
+                sv.core.index
+            );
+        }
     }
 }
 
@@ -799,10 +1100,24 @@ fn report_supervisor(
         now.crashes - last.crashes,
     );
     *last = now;
-    let ready = i64::try_from(sup.ready().len()).unwrap_or(i64::MAX);
-    let starting = i64::try_from(sup.starting()).unwrap_or(i64::MAX);
+    let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    let ready = sup.ready().len();
+    let starting = sup.starting();
+    let restoring = sup.live() - ready - starting;
+    core.lifecycle.set_instances(
+        function,
+        &[
+            ("ready", count(ready)),
+            ("starting", count(starting)),
+            ("restoring", count(restoring)),
+        ],
+    );
     core.lifecycle
-        .set_instances(function, &[("ready", ready), ("starting", starting)]);
+        .warm_pool
+        .get_or_create(&crate::lifecycle_metrics::FunctionLabel {
+            function: function.to_string(),
+        })
+        .set(count(sup.warm()));
 }
 
 /// Stop a function on this core: stop accepting, let in-flight requests
@@ -846,6 +1161,43 @@ async fn stop_function(core: &CoreState, f: FunctionOnCore, deadline: Instant) {
     // another core (or a replacing version) still has instances in it, the
     // kernel refuses (EBUSY) and the last one to stop removes it.
     let _ = std::fs::remove_dir(core.shared.cgroups.base().join(&f.function.id));
+}
+
+/// `aetherctl snapshot`: claim a new snapshot and start one more instance,
+/// spawned, which is dumped once ready (a fresh instance: no request has
+/// touched it); the answer comes when the dump ends.
+fn request_snapshot(
+    core: &CoreState,
+    id: &str,
+    done: flume::Sender<Result<SnapshotStatus, String>>,
+) {
+    let functions = core.functions.borrow();
+    let Some(f) = functions.get(id) else {
+        let _ = done.send(Err(format!("function '{id}' is not deployed on this core")));
+        return;
+    };
+    let store = &core.shared.snapshots;
+    let mut req = f.snapshot_requests.borrow_mut();
+    if req.ticket.is_none() {
+        match store.claim(id, true) {
+            Some(ticket) => {
+                req.ticket = Some(ticket);
+                f.supervisor.borrow_mut().spawn_one_more();
+            }
+            None => {
+                let s = store.status(id);
+                if s.state != SnapshotState::Dumping {
+                    let why = s.error.unwrap_or_else(|| s.state.as_str().to_string());
+                    let _ = done.send(Err(format!("{id}: cannot snapshot: {why}")));
+                    return;
+                }
+                // A dump is running (maybe on another core): report it.
+                let _ = done.send(Ok(s));
+                return;
+            }
+        }
+    }
+    req.waiters.push(done);
 }
 
 fn list(core: &CoreState) -> Vec<(String, Vec<InstanceStatus>)> {

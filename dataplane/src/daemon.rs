@@ -80,9 +80,6 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     if let Some(dir) = &opts.state_dir {
         cfg.orchestrator.state_dir = dir.clone();
     }
-    if opts.warm_pool {
-        tracing::warn!("--warm-pool: CRIU warm pools are not in this build yet (issue 4); instances are spawned");
-    }
     let o = cfg.orchestrator.clone();
     for dir in [&o.state_dir, &o.log_dir] {
         create_private_dir(dir)?;
@@ -111,7 +108,7 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         );
         let _ = std::fs::remove_file(&control_path);
     }
-    let shared = Shared::prepare(&cfg)?;
+    let mut shared = Shared::prepare(&cfg)?;
 
     let terminate = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -123,7 +120,24 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     // a failure (a metrics port in use, no room for the control segment)
     // leaves no handler running.
     let cpus = crate::core::plan_cpus(&o.cores).map_err(DaemonError::Placement)?;
+    shared.cores = cpus.len();
+    if opts.warm_pool {
+        // The pool's size is per function, spread over the cores.
+        let size = cfg.orchestrator.warm_pool_size as usize;
+        shared.warm_pool_per_core = size.div_ceil(cpus.len().max(1));
+        match shared.snapshots.criu() {
+            Some(_) => tracing::info!(
+                "--warm-pool: {} frozen instance(s) per function on each of {} core(s), once a snapshot exists",
+                shared.warm_pool_per_core,
+                cpus.len()
+            ),
+            None => tracing::warn!(
+                "--warm-pool: no CRIU here, so no warm pool; instances are spawned"
+            ),
+        }
+    }
     let mut registry = Registry::with_prefix("aether");
+    shared.scale_metrics.register(&mut registry);
     let setups: Vec<CoreSetup> = cpus
         .iter()
         .enumerate()
@@ -145,7 +159,8 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
             Ok(core) => cores.push(core),
             Err(reason) => {
                 let deadline = Instant::now();
-                ControlLoop::new(cfg.clone(), cores, started, shared.snapshots.clone()).shutdown(deadline);
+                ControlLoop::new(cfg.clone(), cores, started, shared.snapshots.clone())
+                    .shutdown(deadline);
                 return Err(DaemonError::Executor { cpu, reason });
             }
         }

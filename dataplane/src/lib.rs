@@ -11,6 +11,7 @@ pub mod instance;
 pub mod lifecycle_metrics;
 pub mod metrics_http;
 pub mod pidfile;
+pub mod scaling;
 pub mod snapshot;
 pub mod steering;
 pub mod xdp;

@@ -21,14 +21,48 @@ pub struct StateLabel {
     pub state: String,
 }
 
+/// Labels of `instance_starts_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub function: String,
+    /// `spawn`, `restore` or `warm`.
+    pub source: String,
+}
+
+/// Labels of `restore_failures_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub function: String,
+    /// `over_budget` or `failed`.
+    pub reason: String,
+}
+
+/// Labels of `snapshots_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub function: String,
+    /// `ok` or `failed`.
+    pub outcome: String,
+}
+
 /// One core's lifecycle metrics.
 #[derive(Debug)]
 pub struct LifecycleMetrics {
     pub instances: Family<StateLabel, Gauge>,
+    pub starts: Family<SourceLabel, Counter>,
+    pub restore_seconds: Family<FunctionLabel, Histogram>,
+    pub restore_failures: Family<ReasonLabel, Counter>,
+    pub snapshots: Family<OutcomeLabel, Counter>,
+    pub warm_pool: Family<FunctionLabel, Gauge>,
     pub restarts: Family<FunctionLabel, Counter>,
     pub oom_kills: Family<FunctionLabel, Counter>,
     pub crashes: Family<FunctionLabel, Counter>,
     pub handshake_seconds: Family<FunctionLabel, Histogram>,
+}
+
+fn restore_histogram() -> Histogram {
+    // 1 ms .. ~1 s
+    Histogram::new(exponential_buckets(0.001, 1.5, 18))
 }
 
 fn handshake_histogram() -> Histogram {
@@ -45,7 +79,37 @@ impl LifecycleMetrics {
             oom_kills: Family::default(),
             crashes: Family::default(),
             handshake_seconds: Family::new_with_constructor(handshake_histogram),
+            starts: Family::default(),
+            restore_seconds: Family::new_with_constructor(restore_histogram),
+            restore_failures: Family::default(),
+            snapshots: Family::default(),
+            warm_pool: Family::default(),
         };
+        registry.register(
+            "instance_starts",
+            "Instances started, by how: spawn, restore (CRIU) or warm (thawed from the warm pool)",
+            m.starts.clone(),
+        );
+        registry.register(
+            "restore_duration_seconds",
+            "Wall time of a successful criu restore of an instance",
+            m.restore_seconds.clone(),
+        );
+        registry.register(
+            "restore_failures",
+            "Restores that failed or were killed past restore_timeout_ms",
+            m.restore_failures.clone(),
+        );
+        registry.register(
+            "snapshots",
+            "CRIU snapshots (dumps) of a function, by outcome",
+            m.snapshots.clone(),
+        );
+        registry.register(
+            "warm_pool_instances",
+            "Restored, frozen instances waiting in the warm pool",
+            m.warm_pool.clone(),
+        );
         registry.register(
             "instances",
             "Handler instances by lifecycle state",
@@ -94,6 +158,39 @@ impl LifecycleMetrics {
         }
     }
 
+    pub fn started(&self, function: &str, source: &str) {
+        self.starts
+            .get_or_create(&SourceLabel {
+                function: function.to_string(),
+                source: source.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn restore_failed(&self, function: &str, reason: &str) {
+        self.restore_failures
+            .get_or_create(&ReasonLabel {
+                function: function.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn snapshot_done(&self, function: &str, ok: bool) {
+        self.snapshots
+            .get_or_create(&OutcomeLabel {
+                function: function.to_string(),
+                outcome: if ok { "ok" } else { "failed" }.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn observe_restore(&self, function: &str, seconds: f64) {
+        self.restore_seconds
+            .get_or_create(&Self::label(function))
+            .observe(seconds);
+    }
+
     pub fn observe_handshake(&self, function: &str, seconds: f64) {
         self.handshake_seconds
             .get_or_create(&Self::label(function))
@@ -102,7 +199,14 @@ impl LifecycleMetrics {
 
     /// Set the number of instances of `function` in each state (states absent from `counts` read 0).
     pub fn set_instances(&self, function: &str, counts: &[(&str, i64)]) {
-        for state in ["starting", "ready", "serving", "idle", "draining"] {
+        for state in [
+            "starting",
+            "restoring",
+            "ready",
+            "serving",
+            "idle",
+            "draining",
+        ] {
             let n = counts
                 .iter()
                 .find(|(s, _)| *s == state)

@@ -332,10 +332,10 @@ impl SnapshotStore {
         &self,
         ticket: DumpTicket,
         pid: i32,
-        netns_key: &str,
+        source_log: &Path,
         prepare: impl FnOnce() -> Result<(), SnapshotError>,
     ) -> Result<SnapshotStatus, SnapshotError> {
-        let result = prepare().and_then(|()| self.dump_inner(&ticket, pid, netns_key));
+        let result = prepare().and_then(|()| self.dump_inner(&ticket, pid, source_log));
         let mut entries = lock(&self.entries);
         let Some(e) = entries.get_mut(&ticket.function) else {
             // Undeployed meanwhile: nothing to record.
@@ -360,8 +360,9 @@ impl SnapshotStore {
         &self,
         ticket: &DumpTicket,
         pid: i32,
-        netns_key: &str,
+        source_log: &Path,
     ) -> Result<SnapshotStatus, SnapshotError> {
+        use crate::instance::restore::{NETNS_KEY, SOURCE_LOG};
         let criu = self.criu.as_ref().map_err(|reason| {
             SnapshotError::Criu(CriuError::NotInstalled {
                 path: PathBuf::from(reason),
@@ -373,13 +374,17 @@ impl SnapshotStore {
             move |source| SnapshotError::Dir { path, source }
         };
         fs::create_dir_all(parent).map_err(dir_err(parent))?;
-        let partial = parent.join(format!("{}.partial-{}", ticket.identity, std::process::id()));
+        let partial = parent.join(format!(
+            "{}.partial-{}",
+            ticket.identity,
+            std::process::id()
+        ));
         let _ = fs::remove_dir_all(&partial);
         let opts = crate::criu::DumpOptions {
             leave_running: true,
             external_netns: Some(crate::criu::ExternalNetns {
                 inode: crate::criu::netns_inode(pid)?,
-                key: netns_key.to_string(),
+                key: NETNS_KEY.to_string(),
             }),
             skip_network_lock: true,
             tcp_established: true,
@@ -392,8 +397,12 @@ impl SnapshotStore {
                 return Err(e.into());
             }
         };
-        fs::write(partial.join(COMPLETE), ticket.identity.as_bytes())
-            .map_err(dir_err(&partial))?;
+        fs::write(
+            partial.join(SOURCE_LOG),
+            source_log.as_os_str().as_encoded_bytes(),
+        )
+        .and_then(|()| fs::write(partial.join(COMPLETE), ticket.identity.as_bytes()))
+        .map_err(dir_err(&partial))?;
         let _ = fs::remove_dir_all(&ticket.dir);
         fs::rename(&partial, &ticket.dir).map_err(dir_err(&ticket.dir))?;
         Ok(SnapshotStatus {
@@ -470,7 +479,11 @@ mod tests {
         let b = identity(&f).unwrap();
         assert_ne!(a, b);
         f.max_instances += 1;
-        assert_eq!(b, identity(&f).unwrap(), "autoscaling knobs keep the images");
+        assert_eq!(
+            b,
+            identity(&f).unwrap(),
+            "autoscaling knobs keep the images"
+        );
         fs::write(&f.handler_path, "print('changed, longer')\n").unwrap();
         assert_ne!(b, identity(&f).unwrap());
         fs::remove_file(&f.handler_path).unwrap();

@@ -169,6 +169,11 @@ pub struct RestoreOptions<'a> {
     /// A pre-made network namespace joined in place of the external one
     /// dumped under `key`: `(namespace fd, key)`.
     pub netns: Option<(BorrowedFd<'a>, String)>,
+    /// Open files handed in for files of the dump: `--inherit-fd fd[N]:KEY`,
+    /// where KEY is a dumped regular file's path without its leading `/`
+    /// (e.g. a restored copy's own log file in place of the original's).
+    /// At most 7 besides the network namespace.
+    pub inherit_files: Vec<(BorrowedFd<'a>, String)>,
     /// `--restore-sibling`: the restored root becomes a child of the caller
     /// (not of the `criu` process), which must then reap it. Needed for
     /// handlers spawned with `PR_SET_PDEATHSIG` (aetherd's are): CRIU restores
@@ -397,11 +402,15 @@ impl Criu {
             None => None,
         };
         let procs_fd = procs.as_ref().map(AsRawFd::as_raw_fd);
-        let inherit = opts.netns.as_ref().map(|(fd, key)| {
+        let mut inherit = [-1; 8];
+        for (slot, (fd, key)) in inherit
+            .iter_mut()
+            .zip(opts.netns.iter().chain(opts.inherit_files.iter()))
+        {
             let raw = fd.as_raw_fd();
             cmd.arg("--inherit-fd").arg(format!("fd[{raw}]:{key}"));
-            raw
-        });
+            *slot = raw;
+        }
         let mntns = self.run_cache.as_ref().map(|ns| ns.fd().as_raw_fd());
         let in_child = move || {
             if let Some(fd) = mntns {
@@ -418,7 +427,7 @@ impl Criu {
                     return Err(io::Error::last_os_error());
                 }
             }
-            if let Some(fd) = inherit {
+            for fd in inherit.into_iter().filter(|fd| *fd >= 0) {
                 // SAFETY: fcntl(2) on an fd number; it only changes that fd's
                 // flags in this (child) process.
                 if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } < 0 {
@@ -504,22 +513,68 @@ impl PendingRestore {
         self.wait()
     }
 
+    /// Never blocks: `Ok(None)` while `criu` runs within `budget`; once it
+    /// ended, the restored process or the failure; past the budget, `criu`
+    /// is killed and reaped and the result is [`CriuError::Timeout`] (kill
+    /// what it restored through its pre-made cgroup).
+    pub fn try_finish(&mut self, budget: Duration) -> Result<Option<RestoredProcess>, CriuError> {
+        let status = self
+            .child
+            .try_wait()
+            .map_err(io_err("waiting for criu", &self.log))?;
+        let Some(status) = status else {
+            let elapsed = self.started.elapsed();
+            if elapsed < budget {
+                return Ok(None);
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let log_tail = fs::read_to_string(&self.log)
+                .map(|t| tail(&t, LOG_TAIL_LINES))
+                .unwrap_or_default();
+            return Err(CriuError::Timeout {
+                budget,
+                elapsed,
+                log: self.log.clone(),
+                log_tail,
+            });
+        };
+        let took = self.started.elapsed();
+        let mut stderr = Vec::new();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            // criu exited: the pipe holds at most what it wrote, then EOF.
+            let _ = io::Read::read_to_end(&mut pipe, &mut stderr);
+        }
+        let duration = outcome(status, &stderr, took, "restore", &self.log)?;
+        read_pidfile(&self.pidfile).map(|pid| Some(RestoredProcess { pid, duration }))
+    }
+
+    /// How long `criu` has been running.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
     /// Waits for `criu` to finish; the restored root's pid from its pidfile.
     pub fn wait(self) -> Result<RestoredProcess, CriuError> {
         let pidfile = self.pidfile;
         let duration = finish(self.child, self.started, "restore", &self.log)?;
-        let content = fs::read_to_string(&pidfile).map_err(io_err("reading", &pidfile))?;
-        let pid = content
-            .trim()
-            .parse::<i32>()
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| CriuError::BadPidfile {
-                path: pidfile.clone(),
-                content: content.clone(),
-            })?;
+        let pid = read_pidfile(&pidfile)?;
         Ok(RestoredProcess { pid, duration })
     }
+}
+
+/// The restored root's pid from `criu restore --pidfile`.
+fn read_pidfile(pidfile: &Path) -> Result<i32, CriuError> {
+    let content = fs::read_to_string(pidfile).map_err(io_err("reading", pidfile))?;
+    content
+        .trim()
+        .parse::<i32>()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| CriuError::BadPidfile {
+            path: pidfile.to_path_buf(),
+            content: content.clone(),
+        })
 }
 
 /// Waits for a `criu` process; its wall time since `started`, or the failure
@@ -533,17 +588,27 @@ fn finish(
     let out = child
         .wait_with_output()
         .map_err(io_err("waiting for criu", log))?;
-    let took = started.elapsed();
-    if out.status.success() {
+    outcome(out.status, &out.stderr, started.elapsed(), action, log)
+}
+
+/// A finished `criu`'s result: `took`, or the failure with its log tail.
+fn outcome(
+    status: std::process::ExitStatus,
+    stderr: &[u8],
+    took: Duration,
+    action: &'static str,
+    log: &Path,
+) -> Result<Duration, CriuError> {
+    if status.success() {
         return Ok(took);
     }
     let log_tail = match fs::read_to_string(log) {
         Ok(text) => tail(&text, LOG_TAIL_LINES),
-        Err(_) => tail(&String::from_utf8_lossy(&out.stderr), LOG_TAIL_LINES),
+        Err(_) => tail(&String::from_utf8_lossy(stderr), LOG_TAIL_LINES),
     };
     Err(CriuError::Failed {
         action,
-        status: out.status,
+        status,
         log: log.to_path_buf(),
         log_tail,
     })

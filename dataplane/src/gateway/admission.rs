@@ -24,6 +24,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use super::pool::IdlePool;
+use super::signal::Notify;
 
 /// How long a backend that refused a connection is skipped.
 pub const SUSPECT_PERIOD: Duration = Duration::from_millis(500);
@@ -161,6 +162,10 @@ pub struct FunctionRoute {
     backends: RefCell<Vec<Rc<Backend>>>,
     waiters: RefCell<VecDeque<Rc<Waiter>>>,
     next: Cell<usize>,
+    /// Requests that asked for a slot, ever (the autoscaler's starts).
+    requests: Cell<u64>,
+    /// Woken when a request joins the queue (the autoscaler's wake-up).
+    demand: Notify,
 }
 
 impl fmt::Debug for FunctionRoute {
@@ -195,6 +200,8 @@ impl FunctionRoute {
             backends: RefCell::new(Vec::new()),
             waiters: RefCell::new(VecDeque::new()),
             next: Cell::new(0),
+            requests: Cell::new(0),
+            demand: Notify::default(),
         })
     }
 
@@ -289,6 +296,33 @@ impl FunctionRoute {
         self.waiters.borrow().len()
     }
 
+    /// Counts a request asking for a slot (call before `try_acquire`).
+    pub fn note_request(&self) {
+        self.requests.set(self.requests.get() + 1);
+    }
+
+    /// Requests counted by [`Self::note_request`] so far.
+    #[must_use]
+    pub fn requests(&self) -> u64 {
+        self.requests.get()
+    }
+
+    /// Resolves once a request joined the queue since the last wake-up
+    /// (one waiter: the function's supervision task).
+    pub fn demand(&self) -> &Notify {
+        &self.demand
+    }
+
+    /// Requests in flight on the backend `id`, if it is in the route.
+    #[must_use]
+    pub fn backend_in_flight(&self, id: u64) -> Option<usize> {
+        self.backends
+            .borrow()
+            .iter()
+            .find(|b| b.id() == id)
+            .map(|b| b.in_flight.get())
+    }
+
     /// Requests in flight across all backends.
     #[must_use]
     pub fn in_flight(&self) -> usize {
@@ -374,6 +408,7 @@ impl FunctionRoute {
         });
         waiters.push_back(Rc::clone(&waiter));
         drop(waiters);
+        self.demand.notify();
         // Served at once if a slot is free (e.g. called without try_acquire).
         self.dispatch();
         Ok(WaitForSlot {

@@ -58,6 +58,11 @@ fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(25e-6, 2.0, 22))
 }
 
+fn queue_wait_histogram() -> Histogram {
+    // 0 (free slot) and 50 µs .. ~105 s.
+    Histogram::new(std::iter::once(0.0).chain(exponential_buckets(50e-6, 2.0, 22)))
+}
+
 /// The gateway metrics of one core. `Send` so it can be built (and
 /// registered) before its executor starts; then used from that core only.
 #[derive(Debug)]
@@ -67,6 +72,7 @@ pub struct CoreMetrics {
     duration: Family<FunctionLabels, Histogram, fn() -> Histogram>,
     in_flight: Family<FunctionLabels, Gauge>,
     queue_depth: Family<FunctionLabels, Gauge>,
+    queue_wait: Family<FunctionLabels, Histogram, fn() -> Histogram>,
     upstream_connects: Counter,
     retries: Counter,
     latency: RefCell<Vec<(String, Hdr<u64>)>>,
@@ -108,6 +114,11 @@ impl CoreMetrics {
             this.queue_depth.clone(),
         );
         sub.register(
+            "queue_wait_seconds",
+            "Time a request waited for an instance slot (0 when one was free)",
+            this.queue_wait.clone(),
+        );
+        sub.register(
             "upstream_connects",
             "Connections opened to handler instances",
             this.upstream_connects.clone(),
@@ -129,6 +140,7 @@ impl CoreMetrics {
             duration: Family::new_with_constructor(duration_histogram),
             in_flight: Family::default(),
             queue_depth: Family::default(),
+            queue_wait: Family::new_with_constructor(queue_wait_histogram),
             upstream_connects: Counter::default(),
             retries: Counter::default(),
             latency: RefCell::new(Vec::new()),
@@ -167,6 +179,7 @@ impl CoreMetrics {
             duration: self.duration.get_or_create_owned(&labels),
             in_flight: self.in_flight.get_or_create_owned(&labels),
             queue_depth: self.queue_depth.get_or_create_owned(&labels),
+            queue_wait: self.queue_wait.get_or_create_owned(&labels),
             statuses: RefCell::new(Vec::new()),
             hdr_index,
         }
@@ -242,6 +255,7 @@ pub struct FunctionMetrics {
     duration: Histogram,
     in_flight: Gauge,
     queue_depth: Gauge,
+    queue_wait: Histogram,
     statuses: RefCell<Vec<(u16, Counter)>>,
     hdr_index: usize,
 }
@@ -294,6 +308,12 @@ impl FunctionMetrics {
     /// A request left the queue.
     pub fn dequeued(&self) {
         self.queue_depth.dec();
+    }
+
+    /// A request got its instance slot after waiting `waited` (zero when a
+    /// slot was free at once).
+    pub fn slot_acquired(&self, waited: Duration) {
+        self.queue_wait.observe(waited.as_secs_f64());
     }
 }
 

@@ -58,7 +58,7 @@ pub use http::{HeadError, MAX_HEADERS, MAX_HEAD_BYTES};
 pub use listener::{bind_reuseport, into_glommio, ListenerError};
 pub use metrics::{CoreMetrics, FunctionMetrics, LatencySnapshot};
 pub use proxy::STATUS_CLIENT_GONE;
-pub use signal::Signal;
+pub use signal::{Notify, Signal};
 
 /// Listener and connection settings of one function on one core.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

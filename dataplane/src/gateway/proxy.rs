@@ -422,9 +422,18 @@ async fn read_response_head(
 }
 
 async fn acquire(shared: &Shared) -> Result<Permit, Failure> {
+    shared.route.note_request();
     if let Some(p) = shared.route.try_acquire() {
+        shared.metrics.slot_acquired(Duration::ZERO);
         return Ok(p);
     }
+    let queued_at = Instant::now();
+    let permit = wait_in_queue(shared).await?;
+    shared.metrics.slot_acquired(queued_at.elapsed());
+    Ok(permit)
+}
+
+async fn wait_in_queue(shared: &Shared) -> Result<Permit, Failure> {
     let wait = shared.route.enqueue().map_err(Failure::QueueFull)?;
     shared.metrics.queued();
     // Leaves the gauge right even when this future is dropped at the deadline.

@@ -99,3 +99,44 @@ mod tests {
         assert!(future::block_on(future::poll_once(s.wait())).is_some());
     }
 }
+
+/// A re-armable wake-up for one waiter: [`Notify::notify`] wakes the task
+/// waiting in [`Notify::notified`], or makes its next wait return at once.
+#[derive(Debug, Default)]
+pub struct Notify {
+    pending: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Notify {
+    /// Wakes the waiter (or lets its next wait through).
+    pub fn notify(&self) {
+        self.pending.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Resolves once notified since the last time it resolved.
+    pub fn notified(&self) -> Notified<'_> {
+        Notified { notify: self }
+    }
+}
+
+/// The future of [`Notify::notified`].
+#[derive(Debug)]
+pub struct Notified<'a> {
+    notify: &'a Notify,
+}
+
+impl Future for Notified<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.notify.pending.replace(false) {
+            return Poll::Ready(());
+        }
+        *self.notify.waker.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}

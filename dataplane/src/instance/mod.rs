@@ -29,6 +29,7 @@ pub mod cgroup;
 pub mod handshake;
 pub mod logs;
 pub mod netns;
+pub mod restore;
 pub mod spawn;
 pub mod state;
 pub mod supervisor;

@@ -21,11 +21,15 @@
 //! `shutdown`; each change bumps [`Supervisor::generation`] and is reported as
 //! a [`SupervisorEvent`], so the gateway can add and remove backends.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::cgroup::CgroupRoot;
 use super::netns::NetnsPool;
+use super::restore::{start_restore, RestoreError, RestoringInstance};
 use super::{start, ExitReason, Instance, InstanceSpec, StartProgress, StartingInstance};
+use crate::criu::Criu;
+use crate::snapshot::SnapshotStore;
 
 /// Restart backoff.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +78,40 @@ pub struct SupervisorStats {
     pub start_failures: u64,
 }
 
+/// Where instances come from when a snapshot exists (see
+/// [`super::restore`]).
+#[derive(Debug, Clone)]
+pub struct RestoreSource {
+    pub criu: Criu,
+    pub snapshots: Arc<SnapshotStore>,
+    /// A restore still running after this is killed (`restore_timeout_ms`).
+    pub budget: Duration,
+    /// Frozen restored instances to keep ready for a start (the warm pool).
+    pub warm_pool: usize,
+}
+
+/// How an instance came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartSource {
+    /// Spawned, then the `READY` handshake.
+    Spawn,
+    /// Restored from the function's snapshot.
+    Restore,
+    /// Taken from the warm pool (restored earlier, frozen) and thawed.
+    Warm,
+}
+
+impl StartSource {
+    /// Lower-case name (a metric label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Spawn => "spawn",
+            Self::Restore => "restore",
+            Self::Warm => "warm",
+        }
+    }
+}
+
 /// A change the owner should know about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SupervisorEvent {
@@ -81,8 +119,23 @@ pub enum SupervisorEvent {
     Ready {
         /// Instance id.
         instance: String,
-        /// Spawn-to-ready time.
+        /// Spawn-to-ready time (restore: criu's wall time; warm: the thaw).
         after: Duration,
+        /// How it was started.
+        source: StartSource,
+    },
+    /// A restore failed or ran past its budget (killed); the next start
+    /// spawns. When CRIU failed on the images they were dropped, and the
+    /// next spawned instance is dumped anew.
+    RestoreFailed {
+        /// Instance id.
+        instance: String,
+        /// The error, rendered (with the measured time when over budget).
+        error: String,
+        /// Killed at its budget.
+        over_budget: bool,
+        /// How long it ran.
+        elapsed: Duration,
     },
     /// A ready instance is gone (remove it).
     Exited {
@@ -119,6 +172,16 @@ pub struct Supervisor {
     generation: u64,
     /// Set by `begin_shutdown`: when the survivors get SIGKILL.
     kill_at: Option<Instant>,
+    restore: Option<RestoreSource>,
+    /// Restores that become instances.
+    restoring: Vec<RestoringInstance>,
+    /// Restores that refill the warm pool.
+    refilling: Vec<RestoringInstance>,
+    /// The warm pool: restored, frozen (SIGSTOP), not counted as instances.
+    warm: Vec<Instance>,
+    /// Starts that must spawn even though a snapshot exists (after a failed
+    /// restore, or to make a fresh snapshot).
+    force_spawn: usize,
 }
 
 impl Supervisor {
@@ -143,7 +206,62 @@ impl Supervisor {
             stats: SupervisorStats::default(),
             generation: 0,
             kill_at: None,
+            restore: None,
+            restoring: Vec::new(),
+            refilling: Vec::new(),
+            warm: Vec::new(),
+            force_spawn: 0,
         }
+    }
+
+    /// Start instances from the function's snapshot when one exists (and
+    /// keep a warm pool when `source.warm_pool > 0`).
+    #[must_use]
+    pub fn with_restore(mut self, source: RestoreSource) -> Self {
+        self.restore = Some(source);
+        self
+    }
+
+    /// Instances that exist or are on their way (ready, in the handshake,
+    /// being restored); the warm pool is not counted.
+    pub fn live(&self) -> usize {
+        self.ready.len() + self.starting.len() + self.restoring.len()
+    }
+
+    /// Frozen instances in the warm pool.
+    pub fn warm(&self) -> usize {
+        self.warm.len()
+    }
+
+    /// Restores in progress (instances and pool refills).
+    pub fn restoring(&self) -> usize {
+        self.restoring.len() + self.refilling.len()
+    }
+
+    /// The desired count.
+    pub fn desired(&self) -> usize {
+        self.desired
+    }
+
+    /// One more instance, spawned even if a snapshot exists (its owner dumps
+    /// it into a fresh snapshot once ready).
+    pub fn spawn_one_more(&mut self) {
+        self.desired += 1;
+        self.force_spawn += 1;
+    }
+
+    /// Stops the ready instance `id` at once (SIGKILL; the owner took it out
+    /// of service and saw it idle) and lowers the desired count by one.
+    pub fn retire(&mut self, id: &str) -> Option<SupervisorEvent> {
+        let idx = self.ready.iter().position(|i| i.id() == id)?;
+        let mut inst = self.ready.swap_remove(idx);
+        let reason = inst.kill_and_wait().unwrap_or(ExitReason::Stopped);
+        self.generation += 1;
+        self.desired = self.desired.saturating_sub(1);
+        Some(SupervisorEvent::Exited {
+            instance: inst.id().to_owned(),
+            reason,
+        })
     }
 
     /// The spec.
@@ -195,10 +313,10 @@ impl Supervisor {
             }
             return Some(kill_at.min(now + Duration::from_millis(5)));
         }
-        if !self.starting.is_empty() {
+        if !self.starting.is_empty() || !self.restoring.is_empty() || !self.refilling.is_empty() {
             return Some(now);
         }
-        if self.ready.len() < self.desired {
+        if self.live() < self.desired || self.warm_short() {
             return Some(self.not_before.unwrap_or(now).max(now));
         }
         None
@@ -228,6 +346,7 @@ impl Supervisor {
                     events.push(SupervisorEvent::Ready {
                         instance: id,
                         after: i.ready_after().unwrap_or_default(),
+                        source: StartSource::Spawn,
                     });
                     self.ready.push(i);
                     self.generation += 1;
@@ -235,6 +354,8 @@ impl Supervisor {
                 Err(e) => events.push(self.start_failed(now, id, &e)),
             }
         }
+        // 1b. Restores.
+        self.poll_restores(now, &mut events);
         // 2. Exits of ready instances.
         let mut i = 0;
         while i < self.ready.len() {
@@ -275,10 +396,17 @@ impl Supervisor {
         {
             self.failures = 0;
         }
+        // Frozen instances that died are dropped; the pool refills.
+        self.warm
+            .retain_mut(|w| !matches!(w.try_wait(), Ok(Some(_)) | Err(_)));
         // 4. Too many: stop the newest.
-        while self.ready.len() + self.starting.len() > self.desired {
+        while self.live() > self.desired {
             if let Some(mut s) = self.starting.pop() {
                 let _ = stop_starting(&mut s);
+                continue;
+            }
+            if self.restoring.pop().is_some() {
+                // Dropping a restore kills and reaps what it restored.
                 continue;
             }
             if let Some(mut inst) = self.ready.pop() {
@@ -290,17 +418,33 @@ impl Supervisor {
                 });
             }
         }
-        // 5. Too few: start, unless backing off.
-        while self.ready.len() + self.starting.len() < self.desired
-            && self.not_before.is_none_or(|t| now >= t)
-        {
+        // 5. Too few: thaw, restore or start, unless backing off.
+        while self.live() < self.desired && self.not_before.is_none_or(|t| now >= t) {
+            if let Some(ev) = self.thaw_one(now) {
+                events.push(ev);
+                continue;
+            }
             let id = self.next_id();
+            match self.try_restore(&id, pool, false) {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => {
+                    events.push(SupervisorEvent::RestoreFailed {
+                        instance: id.clone(),
+                        error: e.to_string(),
+                        over_budget: false,
+                        elapsed: Duration::ZERO,
+                    });
+                    self.force_spawn += 1;
+                }
+            }
             let started = pool
                 .take(self.spec.egress)
                 .map_err(super::InstanceError::from)
                 .and_then(|ns| start(&self.spec, &id, &self.cgroups, ns));
             match started {
                 Ok(s) => {
+                    self.force_spawn = self.force_spawn.saturating_sub(1);
                     self.stats.spawned += 1;
                     if self.owed_restarts > 0 {
                         self.owed_restarts -= 1;
@@ -314,7 +458,127 @@ impl Supervisor {
                 }
             }
         }
+        // 6. Refill the warm pool, one restore at a time.
+        if self.warm_short() && self.refilling.is_empty() {
+            let id = self.next_id();
+            if let Err(e) = self.try_restore(&id, pool, true) {
+                tracing::warn!("{id}: warm pool refill failed: {e}");
+            }
+        }
         events
+    }
+
+    /// Whether the warm pool wants another instance (and a snapshot exists).
+    fn warm_short(&self) -> bool {
+        self.kill_at.is_none()
+            && self.restore.as_ref().is_some_and(|r| {
+                self.warm.len() + self.refilling.len() < r.warm_pool
+                    && r.snapshots.ready(&self.spec.function_id).is_some()
+            })
+    }
+
+    /// Takes a frozen instance from the warm pool and thaws it (`SIGCONT`:
+    /// the restored signal).
+    fn thaw_one(&mut self, now: Instant) -> Option<SupervisorEvent> {
+        let mut inst = self.warm.pop()?;
+        let t0 = Instant::now();
+        if let Err(e) = spawn_signal(&inst, libc::SIGCONT) {
+            tracing::warn!(instance = inst.id(), error = %e, "thawing a warm instance failed");
+            let _ = inst.kill_and_wait();
+            return None;
+        }
+        let _ = now;
+        let after = t0.elapsed();
+        inst.ready_after = Some(after);
+        let id = inst.id().to_owned();
+        self.ready.push(inst);
+        self.generation += 1;
+        self.stats.spawned += 1;
+        Some(SupervisorEvent::Ready {
+            instance: id,
+            after,
+            source: StartSource::Warm,
+        })
+    }
+
+    /// Starts a restore of instance `id` when a snapshot exists and no spawn
+    /// is forced: `Ok(true)` when started, `Ok(false)` when the caller should
+    /// spawn.
+    fn try_restore(
+        &mut self,
+        id: &str,
+        pool: &NetnsPool,
+        for_pool: bool,
+    ) -> Result<bool, RestoreError> {
+        let Some(src) = &self.restore else {
+            return Ok(false);
+        };
+        if self.force_spawn > 0 && !for_pool {
+            return Ok(false);
+        }
+        let Some(images) = src.snapshots.ready(&self.spec.function_id) else {
+            return Ok(false);
+        };
+        let ns = pool
+            .take(self.spec.egress)
+            .map_err(|e| RestoreError::Setup(e.into()))?;
+        let r = start_restore(&self.spec, id, &self.cgroups, ns, &src.criu, &images)?;
+        if for_pool {
+            self.refilling.push(r);
+        } else {
+            self.stats.spawned += 1;
+            self.restoring.push(r);
+        }
+        Ok(true)
+    }
+
+    /// Advances the restores; finished ones become ready instances (or
+    /// frozen pool members), failed ones are reported and turn the next
+    /// start into a spawn.
+    fn poll_restores(&mut self, now: Instant, events: &mut Vec<SupervisorEvent>) {
+        let Some(src) = self.restore.clone() else {
+            return;
+        };
+        for (pool_refill, list) in [
+            (false, std::mem::take(&mut self.restoring)),
+            (true, std::mem::take(&mut self.refilling)),
+        ] {
+            for mut r in list {
+                match r.poll(src.budget, pool_refill) {
+                    Ok(None) if pool_refill => self.refilling.push(r),
+                    Ok(None) => self.restoring.push(r),
+                    Ok(Some(inst)) if pool_refill => self.warm.push(inst),
+                    Ok(Some(inst)) => {
+                        events.push(SupervisorEvent::Ready {
+                            instance: inst.id().to_owned(),
+                            after: inst.ready_after().unwrap_or_default(),
+                            source: StartSource::Restore,
+                        });
+                        self.ready.push(inst);
+                        self.generation += 1;
+                    }
+                    Err(e) => {
+                        if e.images_unusable() {
+                            src.snapshots.invalidate(
+                                &self.spec.function_id,
+                                r.identity(),
+                                &e.to_string(),
+                            );
+                        }
+                        if !pool_refill {
+                            self.force_spawn += 1;
+                        }
+                        let _ = now;
+                        events.push(SupervisorEvent::RestoreFailed {
+                            instance: r.id().to_owned(),
+                            over_budget: e.over_budget(),
+                            elapsed: r.elapsed(),
+                            error: e.to_string(),
+                        });
+                    }
+                }
+            }
+        }
     }
 
     fn start_failed(
@@ -350,6 +614,13 @@ impl Supervisor {
         self.kill_at = Some(now + grace);
         for mut s in std::mem::take(&mut self.starting) {
             let _ = stop_starting(&mut s);
+        }
+        // Dropping a restore kills and reaps what it restored.
+        self.restoring.clear();
+        self.refilling.clear();
+        for mut w in std::mem::take(&mut self.warm) {
+            // Frozen: only SIGKILL ends it.
+            let _ = w.kill_and_wait();
         }
         let signal = if grace.is_zero() {
             libc::SIGKILL
@@ -405,13 +676,22 @@ impl Supervisor {
     }
 }
 
+fn spawn_signal(inst: &Instance, signal: i32) -> std::io::Result<()> {
+    super::spawn::pidfd_signal(inst.pidfd(), signal)
+}
+
 fn stop_starting(s: &mut StartingInstance) -> Result<ExitReason, super::InstanceError> {
     s.inst.kill_and_wait()
 }
 
 impl Drop for Supervisor {
     fn drop(&mut self) {
-        if !self.ready.is_empty() || !self.starting.is_empty() {
+        if !self.ready.is_empty()
+            || !self.starting.is_empty()
+            || !self.restoring.is_empty()
+            || !self.refilling.is_empty()
+            || !self.warm.is_empty()
+        {
             let _ = self.shutdown(Duration::ZERO);
         }
     }

@@ -1,0 +1,253 @@
+//! Starting an instance from a CRIU snapshot instead of spawning it.
+//!
+//! ```text
+//! start_restore(spec, id, cgroups, netns, criu, images) -> RestoringInstance
+//!     --poll(budget)--> None (criu still running, within budget)
+//!                     | Some(Instance)        ready: listening since the dump
+//!                     | Err(RestoreFailure)   over budget or failed; nothing left running
+//! ```
+//!
+//! The copy is restored as a sibling (our child, like a spawned instance)
+//! into a pre-made network namespace (handed to CRIU under
+//! [`NETNS_KEY`]) and a memory cgroup made ahead with the function's limit
+//! (`criu` is moved into it before it runs, so the copy's pages are charged
+//! there from its first page). Its stdout and stderr, which pointed at the
+//! dumped instance's log file, are handed the copy's own log file
+//! (`--inherit-fd` keyed by the original's path, recorded at dump time in
+//! `source-log` beside the images).
+//!
+//! A restored instance needs no handshake: its trigger port was listening
+//! when it was dumped, and the listening socket is restored with it.
+//! Once restored it gets `SIGCONT` — the *restored signal* of the handler
+//! protocol (a no-op for handlers that do not catch it) — unless it is
+//! parked frozen in a warm pool, where the thaw's `SIGCONT` is that signal.
+
+use std::fs;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::cgroup::{CgroupRoot, InstanceCgroup};
+use super::netns::Netns;
+use super::state::{Lifecycle, LifecycleEvent};
+use super::{logs, spawn, Instance, InstanceError, InstanceSpec};
+use crate::criu::{Criu, CriuError, PendingRestore, RestoreOptions};
+use crate::snapshot::ReadyImages;
+
+/// The key the instance's network namespace is dumped and restored under.
+pub const NETNS_KEY: &str = "aether-netns";
+/// File beside the images naming the dumped instance's log file.
+pub const SOURCE_LOG: &str = "source-log";
+
+/// A restore that did not produce an instance. Whatever it had restored is
+/// killed and reaped, and its cgroup removed.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// Setting up the copy (log, cgroup) failed before `criu` ran.
+    #[error(transparent)]
+    Setup(#[from] InstanceError),
+    /// `criu` failed or ran past its budget (`CriuError::Timeout` carries
+    /// the budget and the measured time).
+    #[error(transparent)]
+    Criu(#[from] CriuError),
+}
+
+impl RestoreError {
+    /// Whether the restore was killed at its budget.
+    pub fn over_budget(&self) -> bool {
+        matches!(self, Self::Criu(CriuError::Timeout { .. }))
+    }
+
+    /// Whether the images themselves are at fault (CRIU failed on them), as
+    /// opposed to a slow restore or a local set-up problem.
+    pub fn images_unusable(&self) -> bool {
+        matches!(
+            self,
+            Self::Criu(CriuError::Failed { .. } | CriuError::BadPidfile { .. })
+        )
+    }
+}
+
+/// An instance being restored.
+#[derive(Debug)]
+pub struct RestoringInstance {
+    id: String,
+    spec_port: u16,
+    function_id: String,
+    limit_bytes: u64,
+    pending: PendingRestore,
+    netns: Option<Netns>,
+    cgroup: Option<InstanceCgroup>,
+    log_path: PathBuf,
+    work_dir: PathBuf,
+    started_at: Instant,
+    identity: String,
+}
+
+/// The log key of the instance dumped into `images` (its log path without
+/// the leading `/`), if recorded.
+fn source_log_key(images: &Path) -> Option<String> {
+    let text = fs::read_to_string(images.join(SOURCE_LOG)).ok()?;
+    let key = text.trim().trim_start_matches('/');
+    (!key.is_empty()).then(|| key.to_string())
+}
+
+/// Starts restoring instance `instance_id` of `spec` from `images` into
+/// `netns` and a new cgroup under `cgroups`; returns at once. CRIU's log and
+/// pidfile go to `<state_dir>/restore/<instance_id>/` (removed on success).
+/// The calling thread becomes the copy's parent and must outlive it.
+pub fn start_restore(
+    spec: &InstanceSpec,
+    instance_id: &str,
+    cgroups: &CgroupRoot,
+    netns: Netns,
+    criu: &Criu,
+    images: &ReadyImages,
+) -> Result<RestoringInstance, RestoreError> {
+    let started_at = Instant::now();
+    let log = logs::open_log(&spec.log_dir, &spec.function_id, instance_id)
+        .map_err(InstanceError::from)?;
+    let cg = cgroups
+        .create(&spec.function_id, instance_id, spec.memory_limit_bytes)
+        .map_err(InstanceError::from)?;
+    let work_dir = spec.state_dir.join("restore").join(instance_id);
+    let mut inherit_files = Vec::new();
+    if let Some(key) = source_log_key(&images.dir) {
+        inherit_files.push((log.as_fd(), key));
+    }
+    let opts = RestoreOptions {
+        netns: Some((netns.fd(), NETNS_KEY.to_string())),
+        inherit_files,
+        sibling: true,
+        cgroup: Some(cg.path().to_path_buf()),
+        tcp_established: true,
+        work_dir: Some(work_dir.clone()),
+        ..RestoreOptions::default()
+    };
+    let pending = match criu.restore_start(&images.dir, &opts) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = cg.destroy();
+            return Err(e.into());
+        }
+    };
+    drop(opts);
+    drop(log);
+    Ok(RestoringInstance {
+        id: instance_id.to_string(),
+        spec_port: spec.trigger_port,
+        function_id: spec.function_id.clone(),
+        limit_bytes: spec.memory_limit_bytes,
+        pending,
+        netns: Some(netns),
+        cgroup: Some(cg),
+        log_path: logs::log_path(&spec.log_dir, &spec.function_id, instance_id),
+        work_dir,
+        started_at,
+        identity: images.identity.clone(),
+    })
+}
+
+impl RestoringInstance {
+    /// Instance id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Identity of the images being restored.
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// Time since the restore started.
+    pub fn elapsed(&self) -> Duration {
+        self.started_at.elapsed()
+    }
+
+    /// Advances without blocking: `Ok(None)` while `criu` runs within
+    /// `budget`; the ready instance once restored (sent `SIGCONT` unless
+    /// `frozen`, then `SIGSTOP`); on failure everything is cleaned up.
+    pub fn poll(
+        &mut self,
+        budget: Duration,
+        frozen: bool,
+    ) -> Result<Option<Instance>, RestoreError> {
+        let restored = match self.pending.try_finish(budget) {
+            Ok(None) => return Ok(None),
+            Ok(Some(r)) => r,
+            Err(e) => {
+                self.clean_up();
+                return Err(e.into());
+            }
+        };
+        let pidfd = match spawn::pidfd_open(restored.pid) {
+            Ok(fd) => fd,
+            Err(source) => {
+                self.clean_up();
+                return Err(InstanceError::Wait {
+                    pid: restored.pid,
+                    source,
+                }
+                .into());
+            }
+        };
+        let signal = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+        let _ = spawn::pidfd_signal(pidfd.as_fd(), signal);
+        let _ = fs::remove_dir_all(&self.work_dir);
+        let mut lifecycle = Lifecycle::new();
+        // Spawned then HandshakeOk from the initial state are valid moves.
+        let _ = lifecycle.apply(LifecycleEvent::Spawned);
+        let _ = lifecycle.apply(LifecycleEvent::HandshakeOk);
+        let (Some(netns), cgroup) = (self.netns.take(), self.cgroup.take()) else {
+            // Unreachable: both are taken only here or in clean_up, after
+            // which poll is not called again.
+            return Err(InstanceError::Wait {
+                pid: restored.pid,
+                source: std::io::Error::other("restore polled after it ended"),
+            }
+            .into());
+        };
+        Ok(Some(Instance {
+            id: self.id.clone(),
+            function_id: self.function_id.clone(),
+            pid: restored.pid,
+            pidfd,
+            netns,
+            cgroup,
+            limit_bytes: self.limit_bytes,
+            port: self.spec_port,
+            lifecycle,
+            log_path: self.log_path.clone(),
+            started_at: self.started_at,
+            ready_after: Some(restored.duration),
+            exit: None,
+            stop_requested: false,
+        }))
+    }
+
+    /// Kills whatever the restore left in the cgroup, reaps what is our
+    /// child, removes the cgroup and the work directory (the log stays).
+    fn clean_up(&mut self) {
+        if let Some(cg) = self.cgroup.take() {
+            let pids = cg.pids().unwrap_or_default();
+            if let Err(e) = cg.destroy() {
+                tracing::warn!(instance = %self.id, error = %e, "cgroup clean-up after a failed restore");
+            }
+            for pid in pids {
+                // Our child only when restored as a sibling; ECHILD otherwise.
+                let _ = spawn::wait_blocking(pid);
+            }
+        }
+        self.netns = None;
+    }
+}
+
+impl Drop for RestoringInstance {
+    fn drop(&mut self) {
+        if self.cgroup.is_some() {
+            // Abandoned mid-restore: let criu finish or die, then clean up.
+            let _ = self.pending.try_finish(Duration::ZERO);
+            self.clean_up();
+        }
+    }
+}
