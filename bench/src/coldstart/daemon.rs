@@ -1,0 +1,689 @@
+//! Cold and warm-pool starts through aetherd.
+//!
+//! The benchmark writes a configuration into its run dir (state, logs and
+//! snapshots there, trigger port and metrics on loopback) with one function,
+//! `hello` (the quickstart's `hello.py`), that may scale to zero:
+//! `min_instances: 0` and a short `idle_timeout_ms` / `stable_window_ms`.
+//! aetherd is started with `aetherctl -c CONFIG up [--warm-pool]` and stopped
+//! with `aetherctl down` (its pidfile's process is `SIGKILL`ed if that fails).
+//!
+//! After deploy, the snapshot is awaited (`aether_snapshots_total{outcome="ok"}`).
+//! Then each sample:
+//! 1. wait until the function has no instance: the sum of
+//!    `aether_instances{function="hello"}` over cores and states is 0 (and,
+//!    with the warm pool, `aether_warm_pool_instances` is back to its level),
+//!    then a short settle so the last teardown is not measured;
+//! 2. one `GET` on a new connection, timed from before `connect` to the
+//!    first answer byte;
+//! 3. which start served it: the delta of
+//!    `aether_instance_starts_total{source=spawn|restore|warm}` (and of
+//!    `aether_restore_failures_total`), read once the count moved.
+//!
+//! A daemon that never gets to zero instances, never snapshots, or (warm
+//! pool) never holds a frozen instance is an error that says which.
+
+use super::probe::{fetch, ProbeError};
+use bench::autoscale::metrics::{Metrics as Scrape, ScrapeError};
+use bench::clock::duration_ns;
+use bench::gateway::interrupt::interrupted;
+use bench::histogram::{HistogramError, LatencyHistogram};
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// The function's id.
+pub const FUNCTION: &str = "hello";
+/// Sources of `aether_instance_starts_total`.
+pub const SOURCES: [&str; 3] = ["spawn", "restore", "warm"];
+/// How long `aetherctl up`/`down` may take.
+const CTL_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long the function may take to reach zero instances.
+const ZERO_WITHIN: Duration = Duration::from_secs(10);
+/// How long the first snapshot may take after deploy.
+const SNAPSHOT_WITHIN: Duration = Duration::from_secs(30);
+/// How long the warm pool may take to fill.
+const WARM_WITHIN: Duration = Duration::from_secs(30);
+/// Metrics polling interval while waiting.
+const POLL: Duration = Duration::from_millis(20);
+/// Pause between seeing zero instances and the request.
+pub const SETTLE: Duration = Duration::from_millis(100);
+
+/// Errors of the aetherd runs.
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error("{0} is missing; build it with `cargo build --release -p dataplane -p control` or pass --bin-dir")]
+    Missing(PathBuf),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot run {program}: {source}")]
+    Run {
+        program: PathBuf,
+        source: std::io::Error,
+    },
+    /// `aetherctl VERB` failed or hung.
+    #[error("`aetherctl {verb}` {outcome}; its output: {output}")]
+    Ctl {
+        verb: &'static str,
+        outcome: String,
+        output: String,
+    },
+    #[error("{source}{logs}")]
+    Metrics {
+        source: Box<ScrapeError>,
+        logs: String,
+    },
+    /// A metric the measurement relies on is not exported.
+    #[error("aetherd exports no {metric}{hint}{logs}")]
+    NoMetric {
+        metric: &'static str,
+        hint: &'static str,
+        logs: String,
+    },
+    /// The function did not scale to zero.
+    #[error("function {FUNCTION} still has {instances} instance(s) {waited:?} after its last request \
+             (min_instances 0, idle_timeout_ms {idle_ms}, stable_window_ms {stable_ms}): aetherd does not \
+             scale to zero (is the autoscaler wired in this build?){logs}")]
+    NotZero {
+        instances: f64,
+        waited: Duration,
+        idle_ms: u64,
+        stable_ms: u64,
+        logs: String,
+    },
+    /// No snapshot was taken.
+    #[error(
+        "aetherd took no snapshot of {FUNCTION} within {waited:?} after deploy \
+             (aether_snapshots_total{{outcome=\"ok\"}} = {ok}, outcome=\"failed\" = {failed}): \
+             is the snapshot wiring (#4) in this build?{logs}"
+    )]
+    NoSnapshot {
+        waited: Duration,
+        ok: f64,
+        failed: f64,
+        logs: String,
+    },
+    /// The warm pool stayed empty.
+    #[error("aetherd up --warm-pool (warm_pool_size {size}) held no frozen instance of {FUNCTION} within {waited:?} \
+             (aether_warm_pool_instances = {seen}){logs}")]
+    NoWarmPool {
+        size: u32,
+        waited: Duration,
+        seen: f64,
+        logs: String,
+    },
+    /// A request did not get the hello answer.
+    #[error("cold request {sample}: {source}{logs}")]
+    Request {
+        sample: usize,
+        source: ProbeError,
+        logs: String,
+    },
+    #[error("interrupted by a signal")]
+    Interrupted,
+    #[error(transparent)]
+    Histogram(#[from] HistogramError),
+}
+
+/// The knobs of one aetherd run.
+#[derive(Debug, Clone)]
+pub struct DaemonSetup {
+    /// `aetherctl`; `aetherd` must sit beside it.
+    pub aetherctl: PathBuf,
+    /// The handler (`handler_path`).
+    pub handler: PathBuf,
+    /// Config, state, logs and snapshots go here.
+    pub dir: PathBuf,
+    pub trigger_port: u16,
+    pub metrics: SocketAddr,
+    pub idle_timeout_ms: u64,
+    pub stable_window_ms: u64,
+    /// `Some(size)`: `up --warm-pool` with `warm_pool_size: size`.
+    pub warm_pool: Option<u32>,
+}
+
+/// The configuration text.
+#[must_use]
+pub fn config(s: &DaemonSetup) -> String {
+    let d = s.dir.display();
+    let warm = s
+        .warm_pool
+        .map(|n| format!("  warm_pool_size: {n}\n"))
+        .unwrap_or_default();
+    format!(
+        "# Generated by the coldstart benchmark (bench/src/coldstart/daemon.rs).
+orchestrator:
+  state_dir: {d}/state
+  log_dir: {d}/logs
+  snapshot_dir: {d}/snapshots
+  metrics_addr: {metrics}
+  listen_addr: 127.0.0.1
+{warm}functions:
+  - id: {FUNCTION}
+    memory_limit_mb: 128
+    trigger_port: {port}
+    handler_path: {handler}
+    timeout_ms: 30000
+    concurrency: 1
+    min_instances: 0
+    idle_timeout_ms: {idle}
+    stable_window_ms: {stable}
+    egress: false
+",
+        metrics = s.metrics,
+        port = s.trigger_port,
+        handler = s.handler.display(),
+        idle = s.idle_timeout_ms,
+        stable = s.stable_window_ms,
+    )
+}
+
+/// A running aetherd; `aetherctl down` on drop.
+#[derive(Debug)]
+pub struct Daemon {
+    setup: DaemonSetup,
+    config: PathBuf,
+    running: bool,
+}
+
+/// What a series of cold requests measured.
+#[derive(Debug, Clone)]
+pub struct ColdRun {
+    /// Connect → first answer byte, every sample.
+    pub latency: LatencyHistogram,
+    /// The same, by the start source that served it (`spawn`, `restore`,
+    /// `warm`, `none` when no start was counted, `mixed` when several).
+    pub by_source: BTreeMap<String, LatencyHistogram>,
+    /// `aether_instance_starts_total` deltas over the run, per source.
+    pub starts: BTreeMap<String, u64>,
+    /// `aether_restore_failures_total` delta over the run.
+    pub restore_failures: u64,
+    /// Whether `aether_instance_starts_total` was exported at all.
+    pub starts_exported: bool,
+    /// Time waited for zero instances before each sample, median.
+    pub zero_wait_p50: Duration,
+    /// The warm pool level awaited before each sample (warm runs).
+    pub warm_level: Option<f64>,
+    /// `aether_snapshots_total{outcome="ok"}` at the end.
+    pub snapshots_ok: f64,
+}
+
+impl Daemon {
+    /// Writes the config and runs `aetherctl up [--warm-pool]`.
+    ///
+    /// # Errors
+    /// [`DaemonError`] with aetherctl's output or aetherd's log tail.
+    pub fn start(setup: DaemonSetup) -> Result<Self, DaemonError> {
+        for bin in [
+            setup.aetherctl.clone(),
+            setup.aetherctl.with_file_name("aetherd"),
+        ] {
+            if !bin.is_file() {
+                return Err(DaemonError::Missing(bin));
+            }
+        }
+        std::fs::create_dir_all(&setup.dir).map_err(|source| DaemonError::Write {
+            path: setup.dir.clone(),
+            source,
+        })?;
+        let config_path = setup.dir.join("aetherd.yaml");
+        std::fs::write(&config_path, config(&setup)).map_err(|source| DaemonError::Write {
+            path: config_path.clone(),
+            source,
+        })?;
+        // From here on, drop runs `down` even if `up` fails half-way.
+        let me = Self {
+            setup,
+            config: config_path,
+            running: true,
+        };
+        let mut args = vec!["up", "--timeout", "60"];
+        if me.setup.warm_pool.is_some() {
+            args.push("--warm-pool");
+        }
+        me.ctl("up", &args)?;
+        Ok(me)
+    }
+
+    /// The function's trigger address.
+    #[must_use]
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.setup.trigger_port))
+    }
+
+    fn scrape(&self) -> Result<Scrape, DaemonError> {
+        Scrape::scrape(self.setup.metrics).map_err(|source| DaemonError::Metrics {
+            source: Box::new(source),
+            logs: self.log_tail(),
+        })
+    }
+
+    /// Instances of the function over all cores and states; an error when
+    /// the gauge is missing.
+    fn instances(&self, m: &Scrape) -> Result<f64, DaemonError> {
+        m.sum("aether_instances", &[("function", FUNCTION)])
+            .ok_or_else(|| DaemonError::NoMetric {
+                metric: "aether_instances{function=\"hello\"}",
+                hint: " (the deploy did not register the function?)",
+                logs: self.log_tail(),
+            })
+    }
+
+    fn starts(m: &Scrape) -> BTreeMap<String, f64> {
+        SOURCES
+            .iter()
+            .map(|s| {
+                let n = m
+                    .sum(
+                        "aether_instance_starts_total",
+                        &[("function", FUNCTION), ("source", s)],
+                    )
+                    .unwrap_or(0.0);
+                ((*s).to_owned(), n)
+            })
+            .collect()
+    }
+
+    fn restore_failures(m: &Scrape) -> f64 {
+        m.sum("aether_restore_failures_total", &[("function", FUNCTION)])
+            .unwrap_or(0.0)
+    }
+
+    fn warm(m: &Scrape) -> f64 {
+        m.sum("aether_warm_pool_instances", &[("function", FUNCTION)])
+            .unwrap_or(0.0)
+    }
+
+    /// Waits for aetherd's first snapshot of the function.
+    ///
+    /// # Errors
+    /// [`DaemonError::NoSnapshot`] after [`SNAPSHOT_WITHIN`].
+    pub fn await_snapshot(&self) -> Result<f64, DaemonError> {
+        let t0 = Instant::now();
+        loop {
+            let m = self.scrape()?;
+            let count = |outcome| {
+                m.sum(
+                    "aether_snapshots_total",
+                    &[("function", FUNCTION), ("outcome", outcome)],
+                )
+                .unwrap_or(0.0)
+            };
+            let ok = count("ok");
+            if ok >= 1.0 {
+                return Ok(ok);
+            }
+            if t0.elapsed() > SNAPSHOT_WITHIN {
+                return Err(DaemonError::NoSnapshot {
+                    waited: SNAPSHOT_WITHIN,
+                    ok,
+                    failed: count("failed"),
+                    logs: self.log_tail(),
+                });
+            }
+            self.pause()?;
+        }
+    }
+
+    /// Waits for the warm pool to fill: the highest level seen once it held
+    /// still for a second.
+    ///
+    /// # Errors
+    /// [`DaemonError::NoWarmPool`] when it stays empty for [`WARM_WITHIN`].
+    pub fn await_warm_pool(&self, size: u32) -> Result<f64, DaemonError> {
+        let t0 = Instant::now();
+        let mut best = 0.0_f64;
+        let mut since = Instant::now();
+        loop {
+            let w = Self::warm(&self.scrape()?);
+            if w > best {
+                best = w;
+                since = Instant::now();
+            }
+            if best >= f64::from(size) || (best >= 1.0 && since.elapsed() > Duration::from_secs(1))
+            {
+                return Ok(best);
+            }
+            if t0.elapsed() > WARM_WITHIN {
+                return Err(DaemonError::NoWarmPool {
+                    size,
+                    waited: WARM_WITHIN,
+                    seen: best,
+                    logs: self.log_tail(),
+                });
+            }
+            self.pause()?;
+        }
+    }
+
+    fn pause(&self) -> Result<(), DaemonError> {
+        if interrupted() {
+            return Err(DaemonError::Interrupted);
+        }
+        std::thread::sleep(POLL);
+        Ok(())
+    }
+
+    /// Waits until the function has no instance (and the warm pool is back
+    /// at `warm_level`); returns the last scrape.
+    fn await_zero(&self, warm_level: Option<f64>) -> Result<Scrape, DaemonError> {
+        let t0 = Instant::now();
+        loop {
+            let m = self.scrape()?;
+            let n = self.instances(&m)?;
+            let warm_ok = warm_level.is_none_or(|lvl| Self::warm(&m) >= lvl);
+            if n == 0.0 && warm_ok {
+                return Ok(m);
+            }
+            if t0.elapsed() > ZERO_WITHIN {
+                if n == 0.0 {
+                    return Err(DaemonError::NoWarmPool {
+                        size: self.setup.warm_pool.unwrap_or(0),
+                        waited: ZERO_WITHIN,
+                        seen: Self::warm(&m),
+                        logs: self.log_tail(),
+                    });
+                }
+                return Err(DaemonError::NotZero {
+                    instances: n,
+                    waited: ZERO_WITHIN,
+                    idle_ms: self.setup.idle_timeout_ms,
+                    stable_ms: self.setup.stable_window_ms,
+                    logs: self.log_tail(),
+                });
+            }
+            self.pause()?;
+        }
+    }
+
+    /// `samples` cold requests (see the module docs).
+    ///
+    /// # Errors
+    /// [`DaemonError`].
+    pub fn cold_requests(
+        &self,
+        samples: usize,
+        warm_level: Option<f64>,
+        label: &str,
+    ) -> Result<ColdRun, DaemonError> {
+        let mut latency = LatencyHistogram::new()?;
+        let mut by_source: BTreeMap<String, LatencyHistogram> = BTreeMap::new();
+        let mut zero_waits = Vec::with_capacity(samples);
+        let first = self.scrape()?;
+        let starts_exported = first
+            .sum("aether_instance_starts_total", &[("function", FUNCTION)])
+            .is_some();
+        let starts_at_begin = Self::starts(&first);
+        let failures_at_begin = Self::restore_failures(&first);
+        let mut last = first;
+        for i in 0..samples {
+            let w0 = Instant::now();
+            let before = self.await_zero(warm_level)?;
+            std::thread::sleep(SETTLE);
+            zero_waits.push(w0.elapsed());
+            let before_starts = Self::starts(&before);
+            let t0 = Instant::now();
+            let answer = TcpStream::connect(self.addr())
+                .map_err(|source| ProbeError::Io {
+                    step: "connecting to aetherd",
+                    source,
+                })
+                .and_then(|s| {
+                    s.set_nodelay(true).map_err(|source| ProbeError::Io {
+                        step: "TCP_NODELAY",
+                        source,
+                    })?;
+                    fetch(s)
+                })
+                .map_err(|source| DaemonError::Request {
+                    sample: i,
+                    source,
+                    logs: self.log_tail(),
+                })?;
+            let took = answer.first_byte_at.duration_since(t0);
+            latency.record(duration_ns(took));
+            // The start is counted before the instance serves; poll briefly
+            // in case the counter is published a little later.
+            let t_count = Instant::now();
+            let source = loop {
+                last = self.scrape()?;
+                let after = Self::starts(&last);
+                let moved: Vec<&str> = SOURCES
+                    .iter()
+                    .copied()
+                    .filter(|s| after.get(*s) > before_starts.get(*s))
+                    .collect();
+                match moved.as_slice() {
+                    [one] => break (*one).to_owned(),
+                    [] if starts_exported && t_count.elapsed() < Duration::from_millis(500) => {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    [] => break "none".to_owned(),
+                    _ => break "mixed".to_owned(),
+                }
+            };
+            eprintln!(
+                "coldstart: {label} {}/{samples}: {:8.3} ms  (start: {source})",
+                i + 1,
+                took.as_secs_f64() * 1e3
+            );
+            by_source
+                .entry(source)
+                .or_insert(LatencyHistogram::new()?)
+                .record(duration_ns(took));
+        }
+        let end = Self::starts(&last);
+        let starts = SOURCES
+            .iter()
+            .map(|s| {
+                let d = end.get(*s).copied().unwrap_or(0.0)
+                    - starts_at_begin.get(*s).copied().unwrap_or(0.0);
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                // counter deltas: small, ≥ 0
+                ((*s).to_owned(), d.max(0.0) as u64)
+            })
+            .collect();
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        // counter delta: small, ≥ 0
+        let restore_failures = (Self::restore_failures(&last) - failures_at_begin).max(0.0) as u64;
+        zero_waits.sort_unstable();
+        let snapshots_ok = last
+            .sum(
+                "aether_snapshots_total",
+                &[("function", FUNCTION), ("outcome", "ok")],
+            )
+            .unwrap_or(0.0);
+        Ok(ColdRun {
+            latency,
+            by_source,
+            starts,
+            restore_failures,
+            starts_exported,
+            zero_wait_p50: zero_waits
+                .get(zero_waits.len() / 2)
+                .copied()
+                .unwrap_or_default(),
+            warm_level,
+            snapshots_ok,
+        })
+    }
+
+    /// `aetherctl down`; on failure the pidfile's process is killed.
+    ///
+    /// # Errors
+    /// [`DaemonError::Ctl`] when `down` failed (aetherd was killed instead).
+    pub fn stop(&mut self) -> Result<(), DaemonError> {
+        if !self.running {
+            return Ok(());
+        }
+        self.running = false;
+        let result = self.ctl("down", &["down", "--timeout", "60"]);
+        if result.is_err() {
+            let pidfile = self.setup.dir.join("state").join("aetherd.pid");
+            let pid = std::fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|s| s.trim().parse::<libc::pid_t>().ok())
+                .filter(|&p| p > 1);
+            if let Some(pid) = pid {
+                eprintln!(
+                    "coldstart: killing aetherd (pid {pid} from {})",
+                    pidfile.display()
+                );
+                // SAFETY: kill only sends a signal, to the pid in the pidfile
+                // of the aetherd this run started (`down` just failed).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        result
+    }
+
+    /// The last lines of aetherd's log, as a suffix for error messages.
+    fn log_tail(&self) -> String {
+        let log = self.setup.dir.join("logs").join("aetherd.log");
+        std::fs::read_to_string(&log).map_or_else(
+            |_| String::new(),
+            |text| {
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+                format!("\n--- last lines of {} ---\n{tail}", log.display())
+            },
+        )
+    }
+
+    /// `aetherctl -c CONFIG ARGS…`, output into a file (a detached aetherd
+    /// must not hold our pipe), bounded by [`CTL_TIMEOUT`].
+    fn ctl(&self, verb: &'static str, args: &[&str]) -> Result<(), DaemonError> {
+        let out_path = self.setup.dir.join(format!("aetherctl-{verb}.out"));
+        let write_err = |source| DaemonError::Write {
+            path: out_path.clone(),
+            source,
+        };
+        let out = std::fs::File::create(&out_path).map_err(write_err)?;
+        let err = out.try_clone().map_err(write_err)?;
+        let mut child = Command::new(&self.setup.aetherctl)
+            .arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|source| DaemonError::Run {
+                program: self.setup.aetherctl.clone(),
+                source,
+            })?;
+        let t0 = Instant::now();
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(s)) => break Some(s),
+                Ok(None) if t0.elapsed() < CTL_TIMEOUT => std::thread::sleep(POLL),
+                Ok(None) | Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+            }
+        };
+        let outcome = match status {
+            Some(s) if s.success() => return Ok(()),
+            Some(s) => format!("exited with {s}"),
+            None => format!("did not finish within {CTL_TIMEOUT:?} and was killed"),
+        };
+        let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+        Err(DaemonError::Ctl {
+            verb,
+            outcome,
+            output: format!("{}{}", text.trim(), self.log_tail()),
+        })
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            eprintln!("coldstart: stopping aetherd: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn setup(dir: &Path, warm: Option<u32>) -> DaemonSetup {
+        DaemonSetup {
+            aetherctl: PathBuf::from("/x/aetherctl"),
+            handler: PathBuf::from("/w/examples/hello.py"),
+            dir: dir.to_path_buf(),
+            trigger_port: 4242,
+            metrics: "127.0.0.1:4343".parse().unwrap(),
+            idle_timeout_ms: 200,
+            stable_window_ms: 2000,
+            warm_pool: warm,
+        }
+    }
+
+    #[test]
+    fn config_scales_to_zero_and_stays_in_the_run_dir() {
+        let c = config(&setup(Path::new("/tmp/run"), None));
+        for needle in [
+            "state_dir: /tmp/run/state",
+            "log_dir: /tmp/run/logs",
+            "snapshot_dir: /tmp/run/snapshots",
+            "metrics_addr: 127.0.0.1:4343",
+            "listen_addr: 127.0.0.1",
+            "id: hello",
+            "trigger_port: 4242",
+            "handler_path: /w/examples/hello.py",
+            "min_instances: 0",
+            "idle_timeout_ms: 200",
+            "stable_window_ms: 2000",
+            "egress: false",
+        ] {
+            assert!(c.contains(needle), "missing {needle:?} in\n{c}");
+        }
+        assert!(!c.contains("warm_pool_size"));
+        let w = config(&setup(Path::new("/tmp/run"), Some(2)));
+        assert!(w.contains("\n  warm_pool_size: 2\n"), "{w}");
+    }
+
+    #[test]
+    fn aetherctl_validates_the_generated_configs() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let Some(ctl) = ["target/release/aetherctl", "target/debug/aetherctl"]
+            .iter()
+            .map(|p| root.join(p))
+            .find(|p| p.is_file())
+        else {
+            eprintln!("SKIP aetherctl_validates_the_generated_configs: no aetherctl built in target/ (cargo build -p control)");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let hello = root.join("examples/hello.py");
+        for warm in [None, Some(2)] {
+            let mut s = setup(dir.path(), warm);
+            s.handler.clone_from(&hello);
+            let path = dir.path().join("c.yaml");
+            std::fs::write(&path, config(&s)).unwrap();
+            let out = Command::new(&ctl)
+                .arg("validate")
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{} validate: {}{}",
+                ctl.display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
