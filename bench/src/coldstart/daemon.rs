@@ -48,6 +48,10 @@ const SNAPSHOT_WITHIN: Duration = Duration::from_secs(30);
 const WARM_WITHIN: Duration = Duration::from_secs(30);
 /// Metrics polling interval while waiting.
 const POLL: Duration = Duration::from_millis(20);
+/// How long the start counters must hold still after a request.
+const STARTS_SETTLE: Duration = Duration::from_millis(150);
+/// Bound of waiting for the start counters after a request.
+const STARTS_WITHIN: Duration = Duration::from_secs(2);
 /// Pause between seeing zero instances and the request.
 pub const SETTLE: Duration = Duration::from_millis(100);
 
@@ -196,8 +200,8 @@ pub struct Daemon {
 pub struct ColdRun {
     /// Connect → first answer byte, every sample.
     pub latency: LatencyHistogram,
-    /// The same, by the start source that served it (`spawn`, `restore`,
-    /// `warm`, `none` when no start was counted, `mixed` when several).
+    /// The same, by the starts the request caused: the sources whose counter
+    /// moved, joined with `+` (`restore`, `restore+warm`, …; `none`).
     pub by_source: BTreeMap<String, LatencyHistogram>,
     /// `aether_instance_starts_total` deltas over the run, per source.
     pub starts: BTreeMap<String, u64>,
@@ -401,6 +405,44 @@ impl Daemon {
         }
     }
 
+    /// Polls until `aether_instance_starts_total` moved past `before` and
+    /// then held still for [`STARTS_SETTLE`] (bounded by [`STARTS_WITHIN`]);
+    /// returns the sources that moved, joined with `+` in [`SOURCES`] order
+    /// (`none` when nothing moved), and the last scrape.
+    fn starts_caused(
+        &self,
+        before: &BTreeMap<String, f64>,
+        exported: bool,
+    ) -> Result<(String, Scrape), DaemonError> {
+        let t0 = Instant::now();
+        let mut seen = before.clone();
+        let mut still_since = Instant::now();
+        loop {
+            let m = self.scrape()?;
+            let now = Self::starts(&m);
+            if now != seen {
+                seen = now;
+                still_since = Instant::now();
+            }
+            let moved = seen != *before;
+            let settled = moved && still_since.elapsed() >= STARTS_SETTLE;
+            if settled || !exported || t0.elapsed() >= STARTS_WITHIN {
+                let key: Vec<&str> = SOURCES
+                    .iter()
+                    .copied()
+                    .filter(|s| seen.get(*s) > before.get(*s))
+                    .collect();
+                let key = if key.is_empty() {
+                    "none".to_owned()
+                } else {
+                    key.join("+")
+                };
+                return Ok((key, m));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// `samples` cold requests (see the module docs).
     ///
     /// # Errors
@@ -447,28 +489,14 @@ impl Daemon {
                 })?;
             let took = answer.first_byte_at.duration_since(t0);
             latency.record(duration_ns(took));
-            // The start is counted before the instance serves; poll briefly
-            // in case the counter is published a little later.
-            let t_count = Instant::now();
-            let source = loop {
-                last = self.scrape()?;
-                let after = Self::starts(&last);
-                let moved: Vec<&str> = SOURCES
-                    .iter()
-                    .copied()
-                    .filter(|s| after.get(*s) > before_starts.get(*s))
-                    .collect();
-                match moved.as_slice() {
-                    [one] => break (*one).to_owned(),
-                    [] if starts_exported && t_count.elapsed() < Duration::from_millis(500) => {
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    [] => break "none".to_owned(),
-                    _ => break "mixed".to_owned(),
-                }
-            };
+            // The starts this request caused: the counters that moved, read
+            // once they held still for STARTS_SETTLE (the autoscaler may start
+            // more than one instance for one request; a later one is counted
+            // a little after the first).
+            let (source, scrape) = self.starts_caused(&before_starts, starts_exported)?;
+            last = scrape;
             eprintln!(
-                "coldstart: {label} {}/{samples}: {:8.3} ms  (start: {source})",
+                "coldstart: {label} {}/{samples}: {:8.3} ms  (starts: {source})",
                 i + 1,
                 took.as_secs_f64() * 1e3
             );

@@ -506,9 +506,9 @@ fn put_cold(r: &mut Map<String, Value>, prefix: &str, unit: &str, run: Option<&C
             format!("{prefix}_starts_{source}"),
             json!(run.map(|c| c.starts.get(source).copied().unwrap_or(0))),
         );
-        // Latency of the samples this source served.
+        // Latency of the samples whose request started this source.
         let p50 = run
-            .and_then(|c| c.by_source.get(source))
+            .and_then(|c| with_source(c, source))
             .map(|h| h.summary().p50_ns);
         let conv = |ns: u64| if unit == "us" { us(ns) } else { ms(ns) };
         r.insert(
@@ -516,6 +516,10 @@ fn put_cold(r: &mut Map<String, Value>, prefix: &str, unit: &str, run: Option<&C
             json!(p50.map(conv)),
         );
     }
+    #[allow(clippy::cast_precision_loss)] // counts far below 2^52
+    let per_request =
+        run.map(|c| c.starts.values().sum::<u64>() as f64 / c.latency.len().max(1) as f64);
+    r.insert(format!("{prefix}_starts_per_request"), json!(per_request));
     let served_by: Option<BTreeMap<&str, u64>> = run.map(|c| {
         c.by_source
             .iter()
@@ -548,6 +552,20 @@ fn put_cold(r: &mut Map<String, Value>, prefix: &str, unit: &str, run: Option<&C
             json!(run.and_then(|c| c.warm_level)),
         );
     }
+}
+
+/// The samples whose request started `source` (alone or with others).
+fn with_source(run: &ColdRun, source: &str) -> Option<LatencyHistogram> {
+    let mut merged: Option<LatencyHistogram> = None;
+    for (key, h) in &run.by_source {
+        if key.split('+').any(|s| s == source) {
+            match &mut merged {
+                Some(m) => m.merge(h).ok()?,
+                None => merged = Some(h.clone()),
+            }
+        }
+    }
+    merged
 }
 
 /// `restores_per_s` (the best worker count) and each run's numbers.
@@ -631,6 +649,40 @@ mod tests {
         assert!(!t["aetherd_cold_p99_ms"].pass);
         assert!(t["restores_per_s"].pass);
         assert!(!t.contains_key("warm_pool_p50_us"));
+    }
+
+    #[test]
+    fn per_source_latency_counts_every_request_that_started_it() {
+        let h = |ns: &[u64]| {
+            let mut h = LatencyHistogram::new().unwrap();
+            for &n in ns {
+                h.record(n);
+            }
+            h
+        };
+        let run = ColdRun {
+            latency: h(&[1, 2, 3, 4, 5, 6]),
+            by_source: BTreeMap::from([
+                ("restore".to_owned(), h(&[1, 2])),
+                ("restore+warm".to_owned(), h(&[3])),
+                ("warm".to_owned(), h(&[4, 5, 6])),
+            ]),
+            starts: BTreeMap::from([("restore".to_owned(), 3), ("warm".to_owned(), 4)]),
+            restore_failures: 0,
+            starts_exported: true,
+            zero_wait_p50: Duration::ZERO,
+            warm_level: Some(2.0),
+            snapshots_ok: 1.0,
+        };
+        assert_eq!(with_source(&run, "warm").unwrap().len(), 4);
+        assert_eq!(with_source(&run, "restore").unwrap().len(), 3);
+        assert!(with_source(&run, "spawn").is_none());
+        let mut r = Map::new();
+        put_cold(&mut r, "warm_pool", "us", Some(&run));
+        assert_eq!(r["warm_pool_starts_warm"], 4);
+        assert_eq!(r["warm_pool_starts_spawn"], 0);
+        assert!((r["warm_pool_starts_per_request"].as_f64().unwrap() - 7.0 / 6.0).abs() < 1e-9);
+        assert_eq!(r["warm_pool_samples_by_start_source"]["restore+warm"], 1);
     }
 
     #[test]
