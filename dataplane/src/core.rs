@@ -1052,7 +1052,9 @@ fn follow_allocation(sv: &Supervision, st: &mut SuperviseState, now: Instant) {
         // The deploy waits for this core's first instance: keep it coming.
         return;
     }
-    let want = sv.scale.allocation(sv.core.index) as usize;
+    // A forced snapshot waits for one more, fresh instance.
+    let extra = usize::from(sv.snapshot_requests.borrow().ticket.is_some());
+    let want = sv.scale.allocation(sv.core.index) as usize + extra;
     let ready = sup.ready().len();
     if want >= ready {
         if sup.desired() != want {
@@ -1191,8 +1193,30 @@ fn request_snapshot(
                     let _ = done.send(Err(format!("{id}: cannot snapshot: {why}")));
                     return;
                 }
-                // A dump is running (maybe on another core): report it.
-                let _ = done.send(Ok(s));
+                // A dump is running (maybe on another core): answer with
+                // its outcome.
+                let store = store.clone();
+                let id = id.to_string();
+                glommio::spawn_local(async move {
+                    let deadline = Instant::now() + SNAPSHOT_WAIT;
+                    loop {
+                        let s = store.status(&id);
+                        if s.state != SnapshotState::Dumping || Instant::now() >= deadline {
+                            let r = match s.state {
+                                SnapshotState::Ready => Ok(s),
+                                _ => Err(format!(
+                                    "{id}: snapshot {}: {}",
+                                    s.state.as_str(),
+                                    s.error.unwrap_or_default()
+                                )),
+                            };
+                            let _ = done.send(r);
+                            return;
+                        }
+                        glommio::timer::sleep(Duration::from_millis(10)).await;
+                    }
+                })
+                .detach();
                 return;
             }
         }
