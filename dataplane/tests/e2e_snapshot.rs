@@ -161,6 +161,7 @@ fn list_shows_a_snapshot_column() {
     let (d, _) = start(T);
     eprintln!("[{T}] aetherctl list");
     let table = d.ctl_ok(&["list"]);
+    eprint!("{table}");
     let cells = snapshot_cells(&table);
     assert!(!cells.is_empty(), "no hello row in list: {table}");
     for cell in &cells {
@@ -289,6 +290,11 @@ fn forced_snapshot_is_ready_and_listed_with_age_and_size() {
 /// `aetherctl -c CONFIG up` with `AETHER_SNAPSHOTS=0` for aetherd (the
 /// harness clears only aetherctl's own variables, so this one reaches it).
 fn up_with_snapshots_off(d: &mut Daemon) -> CtlOutput {
+    eprintln!(
+        "[{}] AETHER_SNAPSHOTS=0 aetherctl -c {} up",
+        d.name,
+        d.config.display()
+    );
     let out = Command::new(aetherctl())
         .args([
             "-c",
