@@ -83,8 +83,9 @@ pub struct ColdstartArgs {
     #[arg(long, default_value_t = 200)]
     pub idle_timeout_ms: u64,
 
-    /// `stable_window_ms` of the function under aetherd (aetherd's minimum is 1000).
-    #[arg(long, default_value_t = 2000)]
+    /// `stable_window_ms` of the function under aetherd (aetherd's minimum; it
+    /// sets how long scale-down to zero takes, i.e. the wait between samples).
+    #[arg(long, default_value_t = 1000)]
     pub stable_window_ms: u64,
 
     /// `warm_pool_size` of the warm-pool run.
