@@ -10,14 +10,16 @@
 //!              t0 ──────┼── barrier released: every client writes its first request
 //!                       │   poller: scrape /metrics, note (time of the answer,
 //!                       │           ready, all, desired, panic); sleep to the next tick
-//!   t_capacity ─────────┼── first answered scrape with ready ≥ capacity
+//!   t_capacity ─────────┼── first answered scrape with ready ≥ the burst's
+//!                       │   full capacity (see [`BurstOutcome::full_capacity`])
 //!                       │
 //!  t0 + window ─────────┴── clients stop after their request in flight
 //! ```
 //!
-//! A request *fails* when it is answered with anything but `200`, or its
-//! connection breaks (the client then reconnects and keeps going); every
-//! failure is counted, the first few are kept with their reason.
+//! A request *fails* when it is answered with anything but `200` and the
+//! expected body, or its connection breaks (the client then reconnects and
+//! keeps going); every failure is counted, the first few are kept with their
+//! reason.
 
 use super::daemon::FUNCTION_ID;
 use super::metrics::{Metrics, ScrapeError};
@@ -50,8 +52,6 @@ pub struct BurstPlan {
     pub clients: usize,
     pub window: Duration,
     pub poll_every: Duration,
-    /// Ready instances that count as full capacity.
-    pub capacity: u32,
 }
 
 /// One metrics poll during a burst.
@@ -110,10 +110,78 @@ pub struct BurstOutcome {
     pub polls: Vec<Poll>,
     pub scrape_errors: u64,
     pub last_scrape_error: Option<String>,
-    /// t0 to the first poll with `ready ≥ capacity`.
-    pub to_capacity: Option<Duration>,
     /// t0 to the last client's end.
     pub elapsed: Duration,
+}
+
+impl BurstOutcome {
+    /// The highest desired count the autoscaler published during the burst.
+    #[must_use]
+    pub fn desired_peak(&self) -> Option<u32> {
+        self.polls.iter().filter_map(|p| p.desired).max()
+    }
+
+    /// Full capacity for this burst: the autoscaler's peak desired count
+    /// (what it wanted for this load), at most `max_instances`; `planned`
+    /// when aetherd does not export the desired count.
+    #[must_use]
+    pub fn full_capacity(&self, max_instances: u32, planned: u32) -> u32 {
+        self.desired_peak()
+            .map_or(planned, |d| d.min(max_instances))
+    }
+
+    /// t0 to the arrival of the first scrape with `ready ≥ n`.
+    #[must_use]
+    pub fn time_to_ready(&self, n: u32) -> Option<Duration> {
+        self.polls
+            .iter()
+            .find(|p| p.ready >= n)
+            .map(|p| Duration::from_secs_f64(p.at_ms / 1e3))
+    }
+
+    /// Mean time between two polls' answers, ms.
+    #[must_use]
+    pub fn poll_interval_ms(&self) -> Option<f64> {
+        let (first, last) = (self.polls.first()?, self.polls.last()?);
+        #[allow(clippy::cast_precision_loss)] // a few hundred polls
+        let gaps = self.polls.len().checked_sub(1).filter(|&g| g > 0)? as f64;
+        Some((last.at_ms - first.at_ms) / gaps)
+    }
+}
+
+/// The calling thread at `SCHED_FIFO` priority 1 until dropped (then back
+/// to `SCHED_OTHER`); without the privilege it stays as it was.
+#[derive(Debug)]
+struct Realtime {
+    entered: bool,
+}
+
+impl Realtime {
+    fn enter() -> Self {
+        let param = libc::sched_param { sched_priority: 1 };
+        // SAFETY: pid 0 is the calling thread; `param` is a valid
+        // sched_param that outlives the call.
+        let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &raw const param) };
+        if rc != 0 {
+            eprintln!(
+                "autoscale: poller stays SCHED_OTHER ({}); polls may come late",
+                std::io::Error::last_os_error()
+            );
+        }
+        Self { entered: rc == 0 }
+    }
+}
+
+impl Drop for Realtime {
+    fn drop(&mut self) {
+        if self.entered {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: as in `enter`.
+            unsafe {
+                libc::sched_setscheduler(0, libc::SCHED_OTHER, &raw const param);
+            }
+        }
+    }
 }
 
 /// One client's tally.
@@ -140,6 +208,7 @@ fn client(
     n: usize,
     addr: SocketAddr,
     request: &[u8],
+    body: &[u8],
     window: Duration,
     barrier: &Barrier,
 ) -> Result<Tally, BurstError> {
@@ -168,14 +237,23 @@ fn client(
             },
         };
         let t = Instant::now();
-        match c.round_trip(request) {
-            Ok(200) => {
+        match c.fetch(request) {
+            Ok((200, got)) if got != body => {
+                tally.fail(
+                    n,
+                    format!(
+                        "200 with an unexpected body {:?}",
+                        String::from_utf8_lossy(&got)
+                    ),
+                );
+            }
+            Ok((200, _)) => {
                 let done = Instant::now();
                 tally.ok += 1;
                 tally.latency.record(crate::clock::duration_ns(done - t));
                 tally.first_ok.get_or_insert(done);
             }
-            Ok(status) => {
+            Ok((status, _)) => {
                 tally.fail(n, format!("status {status} after {:?}", t.elapsed()));
             }
             Err(e) => {
@@ -195,15 +273,16 @@ pub fn run(
     addr: SocketAddr,
     metrics: SocketAddr,
     request: &[u8],
+    body: &[u8],
     plan: BurstPlan,
 ) -> Result<BurstOutcome, BurstError> {
     let barrier = Arc::new(Barrier::new(plan.clients + 1));
     let mut handles = Vec::with_capacity(plan.clients);
     for n in 0..plan.clients {
-        let (barrier, request) = (Arc::clone(&barrier), request.to_vec());
+        let (barrier, request, body) = (Arc::clone(&barrier), request.to_vec(), body.to_vec());
         let h = std::thread::Builder::new()
             .name(format!("burst-{n}"))
-            .spawn(move || client(n, addr, &request, plan.window, &barrier))
+            .spawn(move || client(n, addr, &request, &body, plan.window, &barrier))
             .map_err(|e| BurstError::Thread(e.to_string()));
         match h {
             Ok(h) => handles.push(h),
@@ -212,20 +291,18 @@ pub fn run(
             Err(e) => return Err(e),
         }
     }
+    // 50 busy clients on 2 cpus would starve the poller (a scrape every
+    // ~50 ms instead of 10): it runs SCHED_FIFO while the burst lasts.
+    let boosted = Realtime::enter();
     let t0 = Instant::now();
     barrier.wait();
     let mut polls = Vec::new();
     let (mut scrape_errors, mut last_scrape_error) = (0, None);
-    let mut to_capacity = None;
     let mut next = t0;
     while !handles.iter().all(std::thread::JoinHandle::is_finished) {
         match Metrics::scrape(metrics) {
             Ok(m) => {
-                let p = Poll::read(&m, t0.elapsed());
-                if to_capacity.is_none() && p.ready >= plan.capacity {
-                    to_capacity = Some(t0.elapsed());
-                }
-                polls.push(p);
+                polls.push(Poll::read(&m, t0.elapsed()));
             }
             Err(e) => {
                 scrape_errors += 1;
@@ -241,6 +318,7 @@ pub fn run(
         }
     }
     let elapsed = t0.elapsed();
+    drop(boosted);
     let mut out = BurstOutcome {
         ok: 0,
         failed: 0,
@@ -250,7 +328,6 @@ pub fn run(
         polls,
         scrape_errors,
         last_scrape_error,
-        to_capacity,
         elapsed,
     };
     for h in handles {

@@ -165,6 +165,50 @@ impl Buckets {
         self.cumulative.last().map_or(0.0, |(_, c)| *c)
     }
 
+    /// Observations above `bound` (e.g. the requests that waited at all,
+    /// with `bound` = 0 and a bucket at exactly 0).
+    #[must_use]
+    pub fn above(&self, bound: f64) -> f64 {
+        let at_or_below = self
+            .cumulative
+            .iter()
+            .filter(|(le, _)| *le <= bound)
+            .map(|(_, c)| *c)
+            .fold(0.0, f64::max);
+        self.count() - at_or_below
+    }
+
+    /// Only the observations above `bound` (buckets at or below it dropped,
+    /// the rest reduced by their count): the distribution of, say, the
+    /// requests that waited.
+    #[must_use]
+    pub fn only_above(&self, bound: f64) -> Self {
+        let below = self.count() - self.above(bound);
+        Self {
+            cumulative: self
+                .cumulative
+                .iter()
+                .filter(|(le, _)| *le > bound)
+                .map(|&(le, c)| (le, (c - below).max(0.0)))
+                .collect(),
+        }
+    }
+
+    /// The upper bound of the highest bucket that gained an observation
+    /// (`+Inf` if that is the `+Inf` bucket); `None` without observations.
+    #[must_use]
+    pub fn max_bound(&self) -> Option<f64> {
+        let mut prev = 0.0;
+        let mut top = None;
+        for &(le, c) in &self.cumulative {
+            if c > prev {
+                top = Some(le);
+            }
+            prev = c;
+        }
+        top
+    }
+
     /// The `q` quantile the way Prometheus' `histogram_quantile` estimates
     /// it: find the first bucket whose cumulative count reaches `q × count`
     /// and interpolate linearly inside it (the lowest bucket starts at 0; a
@@ -273,5 +317,28 @@ aether_queue_wait_seconds_count{core="1",function="f"} 100
         };
         assert_eq!(tail.quantile(0.99), Some(0.001));
         assert_eq!(Buckets::default().quantile(0.5), None);
+    }
+
+    #[test]
+    fn waits_above_zero_are_split_off() {
+        // 90 did not wait (bucket le=0), 8 waited up to 1 ms, 2 up to 10 ms.
+        let b = Buckets {
+            cumulative: vec![
+                (0.0, 90.0),
+                (0.001, 98.0),
+                (0.01, 100.0),
+                (f64::INFINITY, 100.0),
+            ],
+        };
+        assert_eq!(b.above(0.0), 10.0);
+        assert_eq!(b.quantile(0.5), Some(0.0));
+        let waited = b.only_above(0.0);
+        assert_eq!(waited.count(), 10.0);
+        assert_eq!(
+            waited.cumulative,
+            vec![(0.001, 8.0), (0.01, 10.0), (f64::INFINITY, 10.0)]
+        );
+        assert_eq!(b.max_bound(), Some(0.01));
+        assert_eq!(Buckets::default().max_bound(), None);
     }
 }

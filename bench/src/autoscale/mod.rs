@@ -13,14 +13,18 @@
 //! are then CRIU restores) and until it has scaled to zero.
 //!
 //! **Why `concurrency: 8`, `max_instances: 8`.** 50 closed-loop clients keep
-//! about 50 requests in flight or queued. With `target_utilization: 0.7` an
-//! instance is meant to carry 8 × 0.7 = 5.6 of them, so the autoscaler wants
-//! ⌈50 / 5.6⌉ = 9 instances, clamped to `max_instances` = 8; 8 × 8 = 64 slots
-//! ≥ 50, so at full capacity nothing queues any more. Full capacity is thus
-//! reachable and meaningful on a 2-core machine (4 instances per core, one
-//! handler thread each): `capacity = min(max_instances, ⌈clients /
-//! (concurrency × target_utilization)⌉)` ready instances (recorded in the
-//! JSON's parameters; the flags change it).
+//! up to 50 requests in flight or queued. With `target_utilization: 0.7` an
+//! instance is meant to carry 8 × 0.7 = 5.6 of them, so for the full 50 the
+//! autoscaler wants ⌈50 / 5.6⌉ = 9 instances, clamped to `max_instances` = 8
+//! (the *planned* capacity, `min(max_instances, ⌈clients / (concurrency ×
+//! target_utilization)⌉)`); 8 × 8 = 64 slots ≥ 50, so at that size nothing
+//! queues any more. On a 2-core machine (4 instances per core, one handler
+//! thread each) that is the most that makes sense. With a handler this fast,
+//! part of the 50 is always in the clients or the kernel rather than in
+//! aetherd, so the concurrency aetherd samples, and the count it wants, may
+//! stay below that: the **full capacity of a burst** is therefore the peak
+//! of `aether_autoscale_desired_instances` during it (at most
+//! `max_instances`; the planned capacity if the gauge is missing).
 //!
 //! # A round
 //!
@@ -36,27 +40,35 @@
 //! # Results (`results`)
 //!
 //! - `burst_to_capacity_ms`: the worst round's time from t0 until the first
-//!   metrics scrape, *answered* after t0, that shows `ready ≥ capacity`
-//!   (ready = `aether_instances{function,state∈ready|serving|idle}` summed
-//!   over cores). Polling every 10 ms (plus the scrape's own time) makes it
-//!   an upper bound by at most one poll interval. `null` when a round never
-//!   got there within its window. `burst_to_capacity_ms_median` and
-//!   `burst_to_capacity_ms_rounds` give the rest.
+//!   metrics scrape, *answered* after t0, that shows `ready ≥` the burst's
+//!   full capacity (ready = `aether_instances{function,state∈ready|serving|idle}`
+//!   summed over cores). Polling every 10 ms (plus the scrape's own time,
+//!   `poll_interval_ms`: per-round mean, median over rounds; longer when 50 clients saturate the cpus) makes
+//!   it an upper bound by at most one poll interval. `null` when a round
+//!   never got there within its window. `burst_to_capacity_ms_median`,
+//!   `burst_to_capacity_ms_rounds` and `capacity_instances_rounds` give the
+//!   rest; `burst_to_planned_capacity_ms_rounds` the same for the planned
+//!   capacity (`null` where it was not reached).
 //! - `queue_wait_p99_ms`: p99 of aetherd's own `aether_queue_wait_seconds`
 //!   histogram (time a request waited for an instance slot; requests that did
 //!   not wait are observed as 0), over the cold bursts only: the difference of
 //!   the cumulative buckets scraped before and after each cold burst, summed
 //!   over cores and rounds, estimated like Prometheus' `histogram_quantile`
 //!   (linear inside the bucket; resolution is the bucket layout). `null` when
-//!   aetherd does not export the histogram. `warm_queue_wait_p99_ms`: the same
-//!   over the warm bursts.
+//!   aetherd does not export the histogram. Its first bucket is exactly 0 s,
+//!   so `queue_waited_requests` counts the requests that waited at all and
+//!   `queue_wait_p{50,99}_of_waiting_ms` describe only those (in a closed
+//!   loop most requests come after capacity is there and wait 0, which is
+//!   what the plain p99 says). `warm_queue_wait_p99_ms`: the same over the
+//!   warm bursts.
 //! - `failed_requests`: non-`200` answers and broken connections, cold and
 //!   warm bursts, all rounds.
 //! - Client side: `cold_latency_*_ms` / `warm_latency_*_ms` (write of a
 //!   request to its complete response, `200`s only) and their p99 ratio;
 //!   `first_response_ms_max` (t0 to a client's first `200`, worst client);
 //!   `instance_starts_{restore,spawn,warm}` during cold bursts; the peaks of
-//!   desired and ready instances.
+//!   desired and ready instances; `polls_over_max_instances`, the polls
+//!   (of `polls`) that saw more instances, in any state, than `max_instances`.
 //!
 //! Targets (issue 6): zero failed requests; full capacity within 1000 ms of
 //! the burst with snapshots available.
@@ -200,8 +212,8 @@ pub struct AutoscaleParameters {
     pub rounds: u32,
     pub poll_ms: u64,
     pub scaling: Scaling,
-    /// Ready instances counted as full capacity (see the module docs).
-    pub capacity_instances: u32,
+    /// Ready instances that would carry all clients (see the module docs).
+    pub planned_capacity_instances: u32,
     pub capacity_rule: String,
     pub burst_to_capacity_definition: String,
     pub queue_wait_method: String,
@@ -217,6 +229,12 @@ struct Round {
     warm_wait: Buckets,
     starts: BTreeMap<&'static str, f64>,
     restore_failures: f64,
+    /// Full capacity of the cold burst (ready instances).
+    capacity: u32,
+    /// t0 to `capacity` ready, ms.
+    to_capacity: Option<f64>,
+    /// t0 to the planned capacity ready, ms.
+    to_planned: Option<f64>,
     zero_after_ms: f64,
 }
 
@@ -260,10 +278,13 @@ pub fn run(args: &AutoscaleArgs) -> Result<PathBuf, AutoscaleError> {
         clients: args.clients.max(1),
         window,
         poll_every: Duration::from_millis(args.poll_ms.max(1)),
-        capacity: capacity(args.clients.max(1), &scaling),
     };
+    let planned = capacity(plan.clients, &scaling);
 
     let bin_dir = args.bin_dir.clone().unwrap_or_else(default_bin_dir);
+    // The configuration must name the handler by an absolute path (aetherctl
+    // resolves a relative one against the configuration's directory).
+    let bin_dir = bin_dir.canonicalize().unwrap_or(bin_dir);
     if !args.no_build && args.bin_dir.is_none() {
         build(&["native-hello", "dataplane", "control"])?;
     }
@@ -314,7 +335,7 @@ pub fn run(args: &AutoscaleArgs) -> Result<PathBuf, AutoscaleError> {
         Ok(_) => true,
         Err(AutoscaleError::Interrupted) => return Err(AutoscaleError::Interrupted),
         Err(e) => {
-            eprintln!("autoscale: {e}; bursting without one (instances are spawned)");
+            eprintln!("autoscale: bursting without a snapshot (instances are spawned): {e}");
             errors.insert("snapshot".into(), e.to_string());
             false
         }
@@ -335,9 +356,9 @@ pub fn run(args: &AutoscaleArgs) -> Result<PathBuf, AutoscaleError> {
         )?;
         let zero_after_ms = zero.elapsed().as_secs_f64() * 1e3;
         let before = scrape(&daemon)?;
-        let cold = burst::run(daemon.addr, daemon.metrics, &request, plan)?;
+        let cold = burst::run(daemon.addr, daemon.metrics, &request, &body, plan)?;
         let mid = scrape(&daemon)?;
-        let warm = burst::run(daemon.addr, daemon.metrics, &request, plan)?;
+        let warm = burst::run(daemon.addr, daemon.metrics, &request, &body, plan)?;
         let after = scrape(&daemon)?;
         let wait =
             |m: &Metrics| m.buckets("aether_queue_wait_seconds", &[("function", FUNCTION_ID)]);
@@ -357,7 +378,12 @@ pub fn run(args: &AutoscaleArgs) -> Result<PathBuf, AutoscaleError> {
             )
             .unwrap_or(0.0)
         };
+        let full = cold.full_capacity(scaling.max_instances, planned);
+        let ms_of = |d: Duration| d.as_secs_f64() * 1e3;
         let round = Round {
+            capacity: full,
+            to_capacity: cold.time_to_ready(full).map(ms_of),
+            to_planned: cold.time_to_ready(planned).map(ms_of),
             cold_wait: wait(&mid).since(&wait(&before)),
             warm_wait: wait(&after).since(&wait(&mid)),
             restore_failures: failures(&mid) - failures(&before),
@@ -368,11 +394,10 @@ pub fn run(args: &AutoscaleArgs) -> Result<PathBuf, AutoscaleError> {
         };
         eprintln!(
             "autoscale: round {r}/{rounds}: capacity ({} ready) after {}, {} + {} ok, {} + {} failed, cold p99 {:.1} ms, warm p99 {:.1} ms, starts {:?}",
-            plan.capacity,
+            round.capacity,
             round
-                .cold
                 .to_capacity
-                .map_or("never".to_owned(), |d| format!("{:.0} ms", d.as_secs_f64() * 1e3)),
+                .map_or("never".to_owned(), |ms| format!("{ms:.0} ms")),
             round.cold.ok,
             round.warm.ok,
             round.cold.failed,
@@ -394,7 +419,7 @@ pub fn run(args: &AutoscaleArgs) -> Result<PathBuf, AutoscaleError> {
         errors.insert("aetherd_down".into(), e.to_string());
     }
 
-    let (results, targets) = results(&done, snapshot_available, errors)?;
+    let (results, targets) = results(&done, scaling.max_instances, snapshot_available, errors)?;
     let (git_rev, git_dirty) = git_revision();
     let allowed = crate::affinity::allowed_cpus().unwrap_or_default();
     let report = Report {
@@ -412,10 +437,12 @@ pub fn run(args: &AutoscaleArgs) -> Result<PathBuf, AutoscaleError> {
             rounds,
             poll_ms: args.poll_ms,
             scaling,
-            capacity_instances: plan.capacity,
-            capacity_rule: "min(max_instances, ceil(clients / (concurrency × target_utilization))) ready instances".to_owned(),
+            planned_capacity_instances: planned,
+            capacity_rule: "full capacity of a burst = min(max_instances, peak aether_autoscale_desired_instances during it); \
+                planned = min(max_instances, ceil(clients / (concurrency × target_utilization)))"
+                .to_owned(),
             burst_to_capacity_definition: "t0 (all clients released) to the arrival of the first /metrics answer showing \
-                ready instances (states ready|serving|idle, summed over cores) ≥ capacity_instances; worst round"
+                ready instances (states ready|serving|idle, summed over cores) ≥ the burst's full capacity; worst round"
                 .to_owned(),
             queue_wait_method: "aetherd's aether_queue_wait_seconds histogram: bucket-wise difference across each cold \
                 burst, summed over cores and rounds, quantile interpolated linearly inside its bucket"
@@ -490,6 +517,7 @@ fn median(sorted: &[f64]) -> Option<f64> {
 /// The flat `results` object and the targets of issue 6.
 fn results(
     rounds: &[Round],
+    max_instances: u32,
     snapshot_available: bool,
     errors: BTreeMap<String, String>,
 ) -> Result<(Value, BTreeMap<String, Target>), AutoscaleError> {
@@ -517,7 +545,7 @@ fn results(
         for f in &r.cold.first_ok {
             first_max = first_max.zip(*f).map(|(a, b)| a.max(b));
         }
-        to_capacity.push(r.cold.to_capacity.map(|d| d.as_secs_f64() * 1e3));
+        to_capacity.push(r.to_capacity);
         polls.extend(&r.cold.polls);
     }
     let reached: Vec<f64> = to_capacity.iter().flatten().copied().collect();
@@ -534,9 +562,45 @@ fn results(
     r.insert("burst_to_capacity_ms".into(), json!(worst));
     r.insert("burst_to_capacity_ms_median".into(), json!(median(&sorted)));
     r.insert("burst_to_capacity_ms_rounds".into(), json!(to_capacity));
+    r.insert(
+        "capacity_instances_rounds".into(),
+        json!(rounds.iter().map(|r| r.capacity).collect::<Vec<_>>()),
+    );
+    r.insert(
+        "burst_to_planned_capacity_ms_rounds".into(),
+        json!(rounds.iter().map(|r| r.to_planned).collect::<Vec<_>>()),
+    );
+    r.insert(
+        "poll_interval_ms".into(),
+        json!(median(&{
+            let mut v: Vec<f64> = rounds
+                .iter()
+                .filter_map(|r| r.cold.poll_interval_ms())
+                .collect();
+            v.sort_by(f64::total_cmp);
+            v
+        })),
+    );
     r.insert("queue_wait_p99_ms".into(), json!(q(&cold_wait, 0.99)));
     r.insert("queue_wait_p50_ms".into(), json!(q(&cold_wait, 0.5)));
+    r.insert("queue_wait_p999_ms".into(), json!(q(&cold_wait, 0.999)));
     r.insert("queue_wait_observations".into(), json!(cold_wait.count()));
+    // aetherd's histogram has a bucket at exactly 0 s: requests that found a
+    // free slot at once. The rest waited; their own distribution:
+    r.insert("queue_waited_requests".into(), json!(cold_wait.above(0.0)));
+    let waited = cold_wait.only_above(0.0);
+    r.insert(
+        "queue_wait_p50_of_waiting_ms".into(),
+        json!(q(&waited, 0.5)),
+    );
+    r.insert(
+        "queue_wait_p99_of_waiting_ms".into(),
+        json!(q(&waited, 0.99)),
+    );
+    r.insert(
+        "queue_wait_max_bucket_ms".into(),
+        json!(cold_wait.max_bound().map(|s| s * 1e3)),
+    );
     r.insert("warm_queue_wait_p99_ms".into(), json!(q(&warm_wait, 0.99)));
     r.insert("failed_requests".into(), json!(failed));
     r.insert("ok_requests".into(), json!(ok));
@@ -568,6 +632,10 @@ fn results(
         "total_peak".into(),
         json!(polls.iter().map(|p| p.total).max()),
     );
+    // max_instances is a ceiling on instances in every state.
+    let over_max: Vec<&&Poll> = polls.iter().filter(|p| p.total > max_instances).collect();
+    r.insert("polls_over_max_instances".into(), json!(over_max.len()));
+    r.insert("polls".into(), json!(polls.len()));
     r.insert(
         "panic_seen".into(),
         json!(polls.iter().any(|p| p.panic == Some(true))),
