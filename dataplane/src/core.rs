@@ -634,6 +634,7 @@ async fn deploy(
         scale,
         snapshot_requests: snapshot_requests.clone(),
         first: first_tx,
+        function: f.clone(),
     }))
     .detach();
     let mut new = FunctionOnCore {
@@ -759,6 +760,9 @@ struct Supervision {
     scale: Arc<FunctionScale>,
     snapshot_requests: Rc<RefCell<SnapshotRequests>>,
     first: flume::Sender<Result<(), String>>,
+    /// The function as deployed (its snapshot identity is re-checked before
+    /// instances start, so a changed handler file gets a new snapshot).
+    function: config::Function,
 }
 
 /// The outcome of a dump, from its thread: (instance id, status or error).
@@ -772,6 +776,8 @@ struct SuperviseState {
     last_stats: SupervisorStats,
     /// The instance held out of the route while it is dumped.
     dumping: Option<String>,
+    /// Whether that dump is the one forced snapshots wait for.
+    dump_forced: bool,
     dump_tx: flume::Sender<DumpDone>,
     dump_rx: flume::Receiver<DumpDone>,
     /// The route's request count at the previous tick.
@@ -790,6 +796,7 @@ async fn supervise(sv: Supervision) {
         first: Some(sv.first.clone()),
         last_stats: SupervisorStats::default(),
         dumping: None,
+        dump_forced: false,
         dump_tx,
         dump_rx,
         last_requests: 0,
@@ -921,6 +928,7 @@ fn start_dump(sv: &Supervision, st: &mut SuperviseState, instance: &str) -> bool
     let store = sv.core.shared.snapshots.clone();
     let function = sv.route.function().to_string();
     let forced = sv.snapshot_requests.borrow_mut().ticket.take();
+    let is_forced = forced.is_some();
     let Some(ticket) = forced.or_else(|| store.claim(&function, false)) else {
         return false;
     };
@@ -955,6 +963,7 @@ fn start_dump(sv: &Supervision, st: &mut SuperviseState, instance: &str) -> bool
     match spawned {
         Ok(_) => {
             st.dumping = Some(instance.to_string());
+            st.dump_forced = is_forced;
             true
         }
         Err(e) => {
@@ -1019,10 +1028,13 @@ fn dump_finished(
             sv.core.index
         ),
     }
-    for tx in std::mem::take(&mut sv.snapshot_requests.borrow_mut().waiters) {
-        let _ = tx.send(result.clone());
+    if st.dump_forced {
+        for tx in std::mem::take(&mut sv.snapshot_requests.borrow_mut().waiters) {
+            let _ = tx.send(result.clone());
+        }
     }
     st.dumping = None;
+    st.dump_forced = false;
     add_backend(sv, st, instance);
 }
 
@@ -1052,12 +1064,26 @@ fn follow_allocation(sv: &Supervision, st: &mut SuperviseState, now: Instant) {
         // The deploy waits for this core's first instance: keep it coming.
         return;
     }
-    // A forced snapshot waits for one more, fresh instance.
+    // No snapshot (its images were found unusable, or the handler changed)
+    // while instances run: start one more, fresh, to dump — serving
+    // instances are never dumped (their connections would be in the images).
+    if live > 0 && st.dumping.is_none() && sv.snapshot_requests.borrow().ticket.is_none() {
+        if let Some(ticket) = sv.core.shared.snapshots.claim(sv.route.function(), false) {
+            sv.snapshot_requests.borrow_mut().ticket = Some(ticket);
+        }
+    }
+    // A snapshot waits for one more, fresh instance.
     let extra = usize::from(sv.snapshot_requests.borrow().ticket.is_some());
-    let want = sv.scale.allocation(sv.core.index) as usize + extra;
+    let room = sv.scale.room_for(sv.core.index) as usize;
+    let want = (sv.scale.allocation(sv.core.index) as usize + extra).min(room.max(live));
     let ready = sup.ready().len();
     if want >= ready {
         if sup.desired() != want {
+            if want > sup.live() {
+                // About to start instances: a changed handler file (or
+                // environment) must not be restored from stale images.
+                sv.core.shared.snapshots.register(&sv.function);
+            }
             sup.set_desired(want);
         }
         return;

@@ -197,6 +197,23 @@ impl FunctionScale {
             .map_or(0, |a| a.load(Ordering::Relaxed))
     }
 
+    /// Room left under `max_instances` for core `core` to grow into: the
+    /// maximum less every other core's published live count. Other cores
+    /// only grow within their allocation (the allocations sum to at most
+    /// `max_instances`) and a stale count of a shrinking core is too high,
+    /// so growing within both bounds never exceeds the maximum.
+    pub fn room_for(&self, core: usize) -> u32 {
+        let others = self
+            .live
+            .iter()
+            .enumerate()
+            .filter(|(c, _)| *c != core)
+            // SYNC: Relaxed: see `publish`.
+            .map(|(_, l)| l.load(Ordering::Relaxed))
+            .fold(0, u32::saturating_add);
+        self.max_instances.saturating_sub(others)
+    }
+
     /// The latest desired total.
     pub fn desired_total(&self) -> u32 {
         // SYNC: Relaxed: a reported level.

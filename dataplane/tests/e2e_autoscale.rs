@@ -61,8 +61,8 @@ impl Scaling {
 fn start(test: &str, scaling: Scaling) -> Daemon {
     let spec = FunctionSpec::new(FN).timeout_ms(20_000);
     let d = Daemon::configure(test, vec![spec]);
-    let extra = format!("  snapshot_dir: {}\n", d.path("snapshots").display());
-    let d = d.with_orchestrator("127.0.0.1", &extra);
+    // The harness puts snapshot_dir in the test's temp dir.
+    let d = d.with_orchestrator("127.0.0.1", "");
     // The harness writes the common fields; the scaling ones go right under
     // the function's `id` line (key order does not matter in a YAML map).
     let id_line = format!("  - id: {FN}\n");

@@ -45,9 +45,9 @@ fn hello() -> FunctionSpec {
 /// (not started) and that directory.
 fn configure(test: &str) -> (Daemon, PathBuf) {
     let d = Daemon::configure(test, vec![hello()]);
+    // The harness puts snapshot_dir at <temp dir>/snapshots.
     let snapshots = d.path("snapshots");
-    let extra = format!("  snapshot_dir: {}\n", snapshots.display());
-    (d.with_orchestrator("127.0.0.1", &extra), snapshots)
+    (d.with_orchestrator("127.0.0.1", ""), snapshots)
 }
 
 /// Start `hello` with a private `snapshot_dir` and wait until it serves.

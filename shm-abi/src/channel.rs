@@ -35,8 +35,8 @@ use crate::ring::{
 };
 use crate::segment::{Segment, SegmentError, SegmentLayout};
 
-const CHANNEL_FACTS: [u64; 10] = {
-    let mut f = [0u64; 10];
+const CHANNEL_FACTS: [u64; 11] = {
+    let mut f = [0u64; 11];
     let mut i = 0;
     while i < RING_LAYOUT_FACTS.len() {
         f[i] = RING_LAYOUT_FACTS[i];
@@ -44,6 +44,9 @@ const CHANNEL_FACTS: [u64; 10] = {
     }
     f[8] = 2; // two rings
     f[9] = CACHE_LINE as u64; // reply ring offset rounding
+                              // The messages' schema: a client of another schema is refused at open
+                              // (LayoutMismatch) instead of timing out on replies it cannot read.
+    f[10] = crate::message::SCHEMA_VERSION as u64;
     f
 };
 

@@ -494,6 +494,10 @@ impl Supervisor {
         self.ready.push(inst);
         self.generation += 1;
         self.stats.spawned += 1;
+        if self.owed_restarts > 0 {
+            self.owed_restarts -= 1;
+            self.stats.restarts += 1;
+        }
         Some(SupervisorEvent::Ready {
             instance: id,
             after,
@@ -527,6 +531,10 @@ impl Supervisor {
             self.refilling.push(r);
         } else {
             self.stats.spawned += 1;
+            if self.owed_restarts > 0 {
+                self.owed_restarts -= 1;
+                self.stats.restarts += 1;
+            }
             self.restoring.push(r);
         }
         Ok(true)

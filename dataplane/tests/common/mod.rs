@@ -400,9 +400,10 @@ impl Daemon {
     /// The orchestrator section every file of this daemon shares.
     fn orchestrator_yaml(&self) -> String {
         format!(
-            "orchestrator:\n  state_dir: {}\n  log_dir: {}\n  metrics_addr: 127.0.0.1:0\n  listen_addr: {}\n  drain_timeout_ms: 2000\n{}",
+            "orchestrator:\n  state_dir: {}\n  log_dir: {}\n  snapshot_dir: {}\n  metrics_addr: 127.0.0.1:0\n  listen_addr: {}\n  drain_timeout_ms: 2000\n{}",
             self.state_dir.display(),
             self.log_dir.display(),
+            self.dir.path().join("snapshots").display(),
             self.listen_addr,
             self.orchestrator_extra
         )
@@ -723,6 +724,39 @@ pub fn metric_sum(text: &str, name: &str) -> Option<f64> {
         };
         let metric = series.split('{').next().unwrap_or_default();
         if metric == name {
+            if let Ok(v) = value.parse::<f64>() {
+                *found.get_or_insert(0.0) += v;
+            }
+        }
+    }
+    found
+}
+
+/// The labels of one exposition-format series (`name{a="x",b="y"}`).
+pub fn series_labels(series: &str) -> Vec<(&str, &str)> {
+    let Some((_, rest)) = series.split_once('{') else {
+        return Vec::new();
+    };
+    rest.trim_end_matches('}')
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.trim(), v.trim().trim_matches('"')))
+        .collect()
+}
+
+/// Sum of metric `name`'s samples whose labels include every pair of `want`;
+/// `None` if no sample matched.
+pub fn metric_where(text: &str, name: &str, want: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        if series.split('{').next() != Some(name) {
+            continue;
+        }
+        let have = series_labels(series);
+        if want.iter().all(|w| have.contains(w)) {
             if let Ok(v) = value.parse::<f64>() {
                 *found.get_or_insert(0.0) += v;
             }
