@@ -232,15 +232,18 @@ fn state_survives_dump_and_restore_into_premade_netns() {
     assert_eq!(get_in(&ns), "count=5 pid=1");
 }
 
+/// Copies restored at once by `ten_concurrent_restores_of_one_image_all_serve`.
+const COPIES: usize = 10;
+
 #[test]
-fn three_concurrent_restores_of_one_image_all_serve() {
-    let Some(env) = Env::new("criu_three") else {
+fn ten_concurrent_restores_of_one_image_all_serve() {
+    let Some(env) = Env::new("criu_ten") else {
         return;
     };
     snapshot(&env);
-    let namespaces: Vec<Netns> = (0..3).map(|_| Netns::create(None).unwrap()).collect();
+    let namespaces: Vec<Netns> = (0..COPIES).map(|_| Netns::create(None).unwrap()).collect();
     // Each copy in its own memory cgroup, made ahead with its limit.
-    let cgroups: Vec<_> = (0..3)
+    let cgroups: Vec<_> = (0..COPIES)
         .map(|i| {
             env.cgroups
                 .create("counter", &format!("r{i}"), 96 << 20)
@@ -275,7 +278,7 @@ fn three_concurrent_restores_of_one_image_all_serve() {
         })
         .collect();
     eprintln!(
-        "3 concurrent restores: {:.1} ms wall",
+        "{COPIES} concurrent restores: {:.1} ms wall",
         t.elapsed().as_secs_f64() * 1e3
     );
     for ((r, ns), cg) in restored.iter().zip(&namespaces).zip(&cgroups) {
@@ -300,7 +303,7 @@ fn three_concurrent_restores_of_one_image_all_serve() {
         );
     }
     let pids: std::collections::BTreeSet<i32> = restored.iter().map(|r| r.0).collect();
-    assert_eq!(pids.len(), 3, "three distinct processes");
+    assert_eq!(pids.len(), COPIES, "distinct processes");
     // Each copy has its own state, starting from the dumped counter.
     for ns in &namespaces {
         assert_eq!(get_in(ns), "count=4 pid=1");
