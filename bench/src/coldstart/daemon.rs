@@ -215,6 +215,18 @@ pub struct ColdRun {
     pub warm_level: Option<f64>,
     /// `aether_snapshots_total{outcome="ok"}` at the end.
     pub snapshots_ok: f64,
+    /// aetherd's own `criu restore` wall times during the run
+    /// (`aether_restore_duration_seconds`; warm-pool refills included).
+    pub aetherd_restore: Option<HistogramDelta>,
+    /// Time the requests waited for an instance (`aether_queue_wait_seconds`).
+    pub queue_wait: Option<HistogramDelta>,
+}
+
+/// Observations of an aetherd histogram between two scrapes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HistogramDelta {
+    pub mean: Duration,
+    pub count: f64,
 }
 
 impl Daemon {
@@ -462,7 +474,7 @@ impl Daemon {
             .is_some();
         let starts_at_begin = Self::starts(&first);
         let failures_at_begin = Self::restore_failures(&first);
-        let mut last = first;
+        let mut last = first.clone();
         for i in 0..samples {
             let w0 = Instant::now();
             let before = self.await_zero(warm_level)?;
@@ -538,6 +550,24 @@ impl Daemon {
                 .unwrap_or_default(),
             warm_level,
             snapshots_ok,
+            aetherd_restore: Self::mean_between(&first, &last, "aether_restore_duration_seconds"),
+            queue_wait: Self::mean_between(&first, &last, "aether_queue_wait_seconds"),
+        })
+    }
+
+    /// Mean and count of histogram `name`'s observations (over cores) made
+    /// between two scrapes, from its `_sum` and `_count`; `None` when it is
+    /// not exported or nothing was observed.
+    fn mean_between(first: &Scrape, last: &Scrape, name: &str) -> Option<HistogramDelta> {
+        let want = [("function", FUNCTION)];
+        let delta = |suffix: &str| {
+            let series = format!("{name}_{suffix}");
+            Some(last.sum(&series, &want)? - first.sum(&series, &want).unwrap_or(0.0))
+        };
+        let count = delta("count")?;
+        (count >= 1.0).then(|| HistogramDelta {
+            mean: Duration::from_secs_f64((delta("sum").unwrap_or(0.0) / count).max(0.0)),
+            count,
         })
     }
 
@@ -656,6 +686,32 @@ mod tests {
             stable_window_ms: 2000,
             warm_pool: warm,
         }
+    }
+
+    #[test]
+    fn histogram_means_are_deltas_over_cores() {
+        let first = Scrape::from_text(
+            "aether_queue_wait_seconds_sum{core=\"0\",function=\"hello\"} 1.0\n\
+             aether_queue_wait_seconds_count{core=\"0\",function=\"hello\"} 10\n"
+                .to_owned(),
+        );
+        let last = Scrape::from_text(
+            "aether_queue_wait_seconds_sum{core=\"0\",function=\"hello\"} 1.05\n\
+             aether_queue_wait_seconds_count{core=\"0\",function=\"hello\"} 11\n\
+             aether_queue_wait_seconds_sum{core=\"1\",function=\"hello\"} 0.03\n\
+             aether_queue_wait_seconds_count{core=\"1\",function=\"hello\"} 1\n\
+             aether_queue_wait_seconds_sum{core=\"1\",function=\"other\"} 9\n\
+             aether_queue_wait_seconds_count{core=\"1\",function=\"other\"} 1\n"
+                .to_owned(),
+        );
+        let d = Daemon::mean_between(&first, &last, "aether_queue_wait_seconds").unwrap();
+        assert!((d.count - 2.0).abs() < 1e-9);
+        assert!((d.mean.as_secs_f64() - 0.04).abs() < 1e-9, "{d:?}");
+        assert_eq!(
+            Daemon::mean_between(&first, &first, "aether_queue_wait_seconds"),
+            None
+        );
+        assert_eq!(Daemon::mean_between(&first, &last, "aether_missing"), None);
     }
 
     #[test]

@@ -543,6 +543,16 @@ fn put_cold(r: &mut Map<String, Value>, prefix: &str, unit: &str, run: Option<&C
         format!("{prefix}_zero_wait_p50_s"),
         json!(run.map(|c| c.zero_wait_p50.as_secs_f64())),
     );
+    for (name, h) in [
+        ("aetherd_restore", run.and_then(|c| c.aetherd_restore)),
+        ("queue_wait", run.and_then(|c| c.queue_wait)),
+    ] {
+        r.insert(
+            format!("{prefix}_{name}_mean_ms"),
+            json!(h.map(|h| h.mean.as_secs_f64() * 1e3)),
+        );
+        r.insert(format!("{prefix}_{name}_count"), json!(h.map(|h| h.count)));
+    }
     r.insert(
         format!("{prefix}_snapshots_ok"),
         json!(run.map(|c| c.snapshots_ok)),
@@ -674,6 +684,11 @@ mod tests {
             zero_wait_p50: Duration::ZERO,
             warm_level: Some(2.0),
             snapshots_ok: 1.0,
+            aetherd_restore: None,
+            queue_wait: Some(daemon::HistogramDelta {
+                mean: Duration::from_millis(40),
+                count: 6.0,
+            }),
         };
         assert_eq!(with_source(&run, "warm").unwrap().len(), 4);
         assert_eq!(with_source(&run, "restore").unwrap().len(), 3);
@@ -684,6 +699,8 @@ mod tests {
         assert_eq!(r["warm_pool_starts_spawn"], 0);
         assert!((r["warm_pool_starts_per_request"].as_f64().unwrap() - 7.0 / 6.0).abs() < 1e-9);
         assert_eq!(r["warm_pool_samples_by_start_source"]["restore+warm"], 1);
+        assert!((r["warm_pool_queue_wait_mean_ms"].as_f64().unwrap() - 40.0).abs() < 1e-9);
+        assert_eq!(r["warm_pool_aetherd_restore_mean_ms"], Value::Null);
     }
 
     #[test]
