@@ -226,6 +226,12 @@ impl Lab {
         )
     }
 
+    /// Keeps the run dir (criu logs, handler logs) after the run; returns it.
+    pub fn keep_run_dir(&mut self) -> &Path {
+        self.dir.disable_cleanup(true);
+        self.dir.path()
+    }
+
     /// Spawns one instance, times it to `READY` and to its first answer,
     /// and kills it.
     ///

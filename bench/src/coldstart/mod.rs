@@ -110,7 +110,7 @@ pub struct ColdstartArgs {
     #[arg(long)]
     pub allow_missing_aetherd: bool,
 
-    /// Keep the aetherd run dirs (configs, logs) and print their path.
+    /// Keep the run dirs (aetherd configs and logs, criu logs) and print their paths.
     #[arg(long)]
     pub keep_run_dir: bool,
 }
@@ -192,6 +192,12 @@ pub fn run(args: &ColdstartArgs) -> Result<PathBuf, ColdstartError> {
             ms(t.latency.summary().p50_ns)
         );
         throughput.push(t);
+    }
+    if args.keep_run_dir {
+        eprintln!(
+            "coldstart: baseline run dir kept: {}",
+            lab.keep_run_dir().display()
+        );
     }
     let restore_command = lab.restore_command();
     let python = lab.python_version();
