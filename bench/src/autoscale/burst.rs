@@ -16,8 +16,8 @@
 //!  t0 + window ─────────┴── clients stop after their request in flight
 //! ```
 //!
-//! A request *fails* when it is answered with anything but `200` and the
-//! expected body, or its connection breaks (the client then reconnects and
+//! A request *fails* when it is answered with anything but `200` and a body
+//! holding the expected bytes, or its connection breaks (the client then reconnects and
 //! keeps going); every failure is counted, the first few are kept with their
 //! reason.
 
@@ -149,6 +149,12 @@ impl BurstOutcome {
     }
 }
 
+/// Whether `haystack` contains `needle` (an empty needle always matches).
+#[must_use]
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 /// The calling thread at `SCHED_FIFO` priority 1 until dropped (then back
 /// to `SCHED_OTHER`); without the privilege it stays as it was.
 #[derive(Debug)]
@@ -208,7 +214,7 @@ fn client(
     n: usize,
     addr: SocketAddr,
     request: &[u8],
-    body: &[u8],
+    expect: &[u8],
     window: Duration,
     barrier: &Barrier,
 ) -> Result<Tally, BurstError> {
@@ -238,7 +244,7 @@ fn client(
         };
         let t = Instant::now();
         match c.fetch(request) {
-            Ok((200, got)) if got != body => {
+            Ok((200, got)) if !contains(&got, expect) => {
                 tally.fail(
                     n,
                     format!(
@@ -273,16 +279,16 @@ pub fn run(
     addr: SocketAddr,
     metrics: SocketAddr,
     request: &[u8],
-    body: &[u8],
+    expect: &[u8],
     plan: BurstPlan,
 ) -> Result<BurstOutcome, BurstError> {
     let barrier = Arc::new(Barrier::new(plan.clients + 1));
     let mut handles = Vec::with_capacity(plan.clients);
     for n in 0..plan.clients {
-        let (barrier, request, body) = (Arc::clone(&barrier), request.to_vec(), body.to_vec());
+        let (barrier, request, expect) = (Arc::clone(&barrier), request.to_vec(), expect.to_vec());
         let h = std::thread::Builder::new()
             .name(format!("burst-{n}"))
-            .spawn(move || client(n, addr, &request, &body, plan.window, &barrier))
+            .spawn(move || client(n, addr, &request, &expect, plan.window, &barrier))
             .map_err(|e| BurstError::Thread(e.to_string()));
         match h {
             Ok(h) => handles.push(h),

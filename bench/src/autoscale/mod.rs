@@ -4,13 +4,21 @@
 //!
 //! # Set-up
 //!
-//! aetherd ([`daemon`]) runs one function, `hello-native` (the gateway
-//! benchmark's compiled handler: its own cost per request is a few µs, so what
-//! the clients see is aetherd's queueing and scaling, not Python), with
-//! `min_instances: 0`. After `aetherctl up` the benchmark sends one request
-//! (the handler must answer the hello JSON), waits until the function's first
-//! snapshot exists (`aether_snapshots_total{outcome="ok"}` ≥ 1: new instances
-//! are then CRIU restores) and until it has scaled to zero.
+//! aetherd ([`daemon`]) runs one function with `min_instances: 0`. By
+//! default its handler is `dataplane/tests/autoscale_support/slow.py` and
+//! every request is `GET /sleep/50` (`--service-ms`): 50 ms of handler time
+//! per request (one thread per connection, and a listen backlog large enough
+//! for `concurrency` connections opened at once), so
+//! the 50 clients really keep about 50 requests inside aetherd (in flight or
+//! queued), which is what the autoscaler samples, while the handlers use
+//! little cpu (about 1000 requests/s in all). With `--service-ms 0` the
+//! handler is `hello-native` (the gateway benchmark's compiled handler, a few
+//! µs per request) asked for `GET /bench`: the clients then spend much of
+//! their time in their own loop and the kernel, on the same 2 cpus, so aetherd
+//! sees a lower and noisier concurrency. After `aetherctl up` the benchmark
+//! waits for one answer, for the function's first snapshot
+//! (`aether_snapshots_total{outcome="ok"}` ≥ 1: new instances are then CRIU
+//! restores) and until it has scaled to zero.
 //!
 //! **Why `concurrency: 8`, `max_instances: 8`.** 50 closed-loop clients keep
 //! up to 50 requests in flight or queued. With `target_utilization: 0.7` an
@@ -19,10 +27,9 @@
 //! (the *planned* capacity, `min(max_instances, ⌈clients / (concurrency ×
 //! target_utilization)⌉)`); 8 × 8 = 64 slots ≥ 50, so at that size nothing
 //! queues any more. On a 2-core machine (4 instances per core, one handler
-//! thread each) that is the most that makes sense. With a handler this fast,
-//! part of the 50 is always in the clients or the kernel rather than in
-//! aetherd, so the concurrency aetherd samples, and the count it wants, may
-//! stay below that: the **full capacity of a burst** is therefore the peak
+//! thread each) that is the most that makes sense. Because the concurrency
+//! aetherd samples may stay below 50 (always with `--service-ms 0`), the
+//! **full capacity of a burst** is the peak
 //! of `aether_autoscale_desired_instances` during it (at most
 //! `max_instances`; the planned capacity if the gauge is missing).
 //!
@@ -30,7 +37,7 @@
 //!
 //! 1. Wait until the function has 0 instances (every state, every core).
 //! 2. **Cold burst** ([`burst`]): `clients` keep-alive connections (opened
-//!    beforehand) all start requesting `GET /bench` at t0 and loop for the
+//!    beforehand) all start requesting at t0 and loop for the
 //!    window; the main thread scrapes `/metrics` every 10 ms.
 //! 3. **Warm burst** (the same-run baseline): the same burst again at once,
 //!    while the instances of the cold burst are still up.
@@ -44,8 +51,9 @@
 //!   full capacity (ready = `aether_instances{function,state∈ready|serving|idle}`
 //!   summed over cores). Polling every 10 ms (plus the scrape's own time,
 //!   `poll_interval_ms`: per-round mean, median over rounds; longer when 50 clients saturate the cpus) makes
-//!   it an upper bound by at most one poll interval. `null` when a round
-//!   never got there within its window. `burst_to_capacity_ms_median`,
+//!   it an upper bound by at most one poll interval (here aetherd takes
+//!   ~45 ms to answer a scrape, so the resolution is about that). `null`
+//!   when a round never got there within its window. `burst_to_capacity_ms_median`,
 //!   `burst_to_capacity_ms_rounds` and `capacity_instances_rounds` give the
 //!   rest; `burst_to_planned_capacity_ms_rounds` the same for the planned
 //!   capacity (`null` where it was not reached).
@@ -80,7 +88,8 @@ pub mod metrics;
 use crate::cli::CommonArgs;
 use crate::clock::utc_timestamp;
 use crate::gateway::interrupt::{self, interrupted};
-use crate::gateway::process::{free_port, wait_until_serving, ProcessError};
+use crate::gateway::loadgen::Client;
+use crate::gateway::process::{free_port, ProcessError};
 use crate::gateway::{expected_body, http::get_request, REQUEST_PATH};
 use crate::histogram::{HistogramError, LatencyHistogram};
 use crate::machine::Machine;
@@ -148,6 +157,11 @@ pub struct AutoscaleArgs {
     #[arg(long, default_value_t = 10)]
     pub poll_ms: u64,
 
+    /// Handler time per request, ms: `GET /sleep/N` to
+    /// `dataplane/tests/autoscale_support/slow.py`; 0 = `GET /bench` to `hello-native`.
+    #[arg(long, default_value_t = 50)]
+    pub service_ms: u64,
+
     /// Directory holding hello-native, aetherd and aetherctl, used as it is
     /// (no build) [default: the directory of this binary, after building them there].
     #[arg(long)]
@@ -206,6 +220,8 @@ pub enum AutoscaleError {
 #[derive(Debug, Clone, Serialize)]
 pub struct AutoscaleParameters {
     pub request: String,
+    /// Handler time per request, ms (0: hello-native, a few µs).
+    pub service_ms: u64,
     pub handler: String,
     pub clients: usize,
     pub window_s: f64,
@@ -288,7 +304,8 @@ pub fn run(args: &AutoscaleArgs) -> Result<PathBuf, AutoscaleError> {
     if !args.no_build && args.bin_dir.is_none() {
         build(&["native-hello", "dataplane", "control"])?;
     }
-    let handler = bin_dir.join("hello-native");
+    let work = Workload::new(args.service_ms, &bin_dir)?;
+    let handler = work.handler.clone();
     let run_dir = tempfile::Builder::new()
         .prefix("aether-autoscale.")
         .tempdir()
@@ -303,19 +320,7 @@ pub fn run(args: &AutoscaleArgs) -> Result<PathBuf, AutoscaleError> {
     };
     eprintln!("autoscale: starting aetherd (aetherctl up)");
     let mut daemon = Daemon::start(&setup)?;
-    let body = expected_body();
-    wait_until_serving(
-        "aetherd",
-        daemon.addr,
-        REQUEST_PATH,
-        &body,
-        Duration::from_secs(30),
-        || Ok(()),
-    )
-    .map_err(|source| AutoscaleError::NotServing {
-        source: Box::new(source),
-        log: daemon.log_tail(15),
-    })?;
+    await_serving(&daemon, &work)?;
 
     let mut errors: BTreeMap<String, String> = BTreeMap::new();
     eprintln!("autoscale: waiting for the function's snapshot");
@@ -341,7 +346,7 @@ pub fn run(args: &AutoscaleArgs) -> Result<PathBuf, AutoscaleError> {
         }
     };
 
-    let request = get_request(REQUEST_PATH);
+    let request = get_request(&work.path);
     let mut done = Vec::new();
     for r in 1..=rounds {
         let zero = Instant::now();
@@ -356,9 +361,9 @@ pub fn run(args: &AutoscaleArgs) -> Result<PathBuf, AutoscaleError> {
         )?;
         let zero_after_ms = zero.elapsed().as_secs_f64() * 1e3;
         let before = scrape(&daemon)?;
-        let cold = burst::run(daemon.addr, daemon.metrics, &request, &body, plan)?;
+        let cold = burst::run(daemon.addr, daemon.metrics, &request, &work.expect, plan)?;
         let mid = scrape(&daemon)?;
-        let warm = burst::run(daemon.addr, daemon.metrics, &request, &body, plan)?;
+        let warm = burst::run(daemon.addr, daemon.metrics, &request, &work.expect, plan)?;
         let after = scrape(&daemon)?;
         let wait =
             |m: &Metrics| m.buckets("aether_queue_wait_seconds", &[("function", FUNCTION_ID)]);
@@ -430,7 +435,12 @@ pub fn run(args: &AutoscaleArgs) -> Result<PathBuf, AutoscaleError> {
         machine: Machine::detect(&allowed),
         smoke,
         parameters: AutoscaleParameters {
-            request: format!("GET {REQUEST_PATH} HTTP/1.1, keep-alive, one connection per client, opened before t0"),
+            request: format!(
+                "GET {} HTTP/1.1, keep-alive, one connection per client, opened before t0; a 200 must contain {:?}",
+                work.path,
+                String::from_utf8_lossy(&work.expect)
+            ),
+            service_ms: args.service_ms,
             handler: handler.display().to_string(),
             clients: plan.clients,
             window_s: window.as_secs_f64(),
@@ -457,6 +467,69 @@ pub fn run(args: &AutoscaleArgs) -> Result<PathBuf, AutoscaleError> {
         eprintln!("autoscale: run dir kept: {}", run_dir.keep().display());
     }
     Ok(path)
+}
+
+/// What the function runs and what every request asks for.
+#[derive(Debug, Clone)]
+struct Workload {
+    handler: PathBuf,
+    path: String,
+    /// Bytes every `200`'s body must contain.
+    expect: Vec<u8>,
+}
+
+impl Workload {
+    fn new(service_ms: u64, bin_dir: &Path) -> Result<Self, AutoscaleError> {
+        if service_ms == 0 {
+            return Ok(Self {
+                handler: bin_dir.join("hello-native"),
+                path: REQUEST_PATH.to_owned(),
+                expect: expected_body(),
+            });
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../dataplane/tests/autoscale_support/slow.py");
+        let handler = script
+            .canonicalize()
+            .map_err(|_| AutoscaleError::Daemon(DaemonError::Missing(script)))?;
+        let path = format!("/sleep/{service_ms}");
+        Ok(Self {
+            handler,
+            expect: format!(r#""path": "{path}""#).into_bytes(),
+            path,
+        })
+    }
+}
+
+/// Polls the function until it answers `200` with the expected body.
+fn await_serving(daemon: &Daemon, work: &Workload) -> Result<(), AutoscaleError> {
+    let within = Duration::from_secs(30);
+    let start = Instant::now();
+    let request = get_request(&work.path);
+    let mut last = String::from("no attempt");
+    while start.elapsed() < within {
+        if interrupted() {
+            return Err(AutoscaleError::Interrupted);
+        }
+        match Client::connect(daemon.addr).and_then(|mut c| c.fetch(&request)) {
+            Ok((200, body)) if burst::contains(&body, &work.expect) => return Ok(()),
+            Ok((status, body)) => {
+                last = format!("status {status}, body {:?}", String::from_utf8_lossy(&body));
+            }
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(AutoscaleError::NotServing {
+        source: Box::new(ProcessError::NotReady {
+            name: "aetherd".into(),
+            addr: daemon.addr,
+            path: work.path.clone(),
+            waited: within,
+            last,
+        }),
+        log: daemon.log_tail(15),
+    })
 }
 
 /// One scrape of the daemon's metrics, as a settle error on failure.
