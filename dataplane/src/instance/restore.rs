@@ -16,6 +16,11 @@
 //! (`--inherit-fd` keyed by the original's path, recorded at dump time in
 //! `source-log` beside the images).
 //!
+//! Starting a restore forks and execs `criu` and makes a memory cgroup —
+//! 5–40 ms of blocking work here — so a [`RestoreLauncher`] thread does it
+//! off the executor. That thread is the restored instances' parent (their
+//! death signal is tied to it), so it lives as long as its owner.
+//!
 //! A restored instance needs no handshake: its trigger port was listening
 //! when it was dumped, and the listening socket is restored with it.
 //! Once restored it gets `SIGCONT` — the *restored signal* of the handler
@@ -23,6 +28,7 @@
 //! parked frozen in a warm pool, where the thaw's `SIGCONT` is that signal.
 
 use std::fs;
+use std::io;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -248,6 +254,98 @@ impl Drop for RestoringInstance {
             // Abandoned mid-restore: let criu finish or die, then clean up.
             let _ = self.pending.try_finish(Duration::ZERO);
             self.clean_up();
+        }
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A thread that starts restores (see the module docs).
+#[derive(Debug)]
+pub struct RestoreLauncher {
+    tx: Option<flume::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A restore handed to a [`RestoreLauncher`], not started yet.
+#[derive(Debug)]
+pub struct LaunchingRestore {
+    id: String,
+    rx: flume::Receiver<Result<RestoringInstance, RestoreError>>,
+}
+
+impl LaunchingRestore {
+    /// Instance id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The started restore, once the launcher got to it. If this is dropped
+    /// first, the launcher drops the restore (killing what it restored).
+    pub fn try_get(&self) -> Option<Result<RestoringInstance, RestoreError>> {
+        match self.rx.try_recv() {
+            Ok(r) => Some(r),
+            Err(flume::TryRecvError::Empty) => None,
+            Err(flume::TryRecvError::Disconnected) => {
+                Some(Err(RestoreError::Setup(InstanceError::Wait {
+                    pid: 0,
+                    source: io::Error::other("the restore launcher thread is gone"),
+                })))
+            }
+        }
+    }
+}
+
+impl RestoreLauncher {
+    /// Starts the thread (named `name`).
+    pub fn new(name: &str) -> io::Result<Self> {
+        let (tx, rx) = flume::unbounded::<Job>();
+        let thread = std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                for job in rx.iter() {
+                    job();
+                }
+            })?;
+        Ok(Self {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Starts restoring `instance_id` on the launcher thread (see
+    /// [`start_restore`]).
+    pub fn launch(
+        &self,
+        spec: InstanceSpec,
+        instance_id: String,
+        cgroups: CgroupRoot,
+        netns: Netns,
+        criu: Criu,
+        images: ReadyImages,
+    ) -> LaunchingRestore {
+        let (done, rx) = flume::bounded(1);
+        let id = instance_id.clone();
+        let job: Job = Box::new(move || {
+            let r = start_restore(&spec, &instance_id, &cgroups, netns, &criu, &images);
+            // If nobody waits any more, the restore is dropped here: killed
+            // and reaped by this thread, its parent.
+            let _ = done.send(r);
+        });
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(job);
+        }
+        LaunchingRestore { id, rx }
+    }
+}
+
+impl Drop for RestoreLauncher {
+    /// Ends the thread after its queued jobs. Drop it only once the
+    /// instances it restored are gone (their death signal fires with it).
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }

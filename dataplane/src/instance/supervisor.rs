@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use super::cgroup::CgroupRoot;
 use super::netns::NetnsPool;
-use super::restore::{start_restore, RestoreError, RestoringInstance};
+use super::restore::{LaunchingRestore, RestoreError, RestoreLauncher, RestoringInstance};
 use super::{start, ExitReason, Instance, InstanceSpec, StartProgress, StartingInstance};
 use crate::criu::Criu;
 use crate::snapshot::SnapshotStore;
@@ -173,6 +173,8 @@ pub struct Supervisor {
     /// Set by `begin_shutdown`: when the survivors get SIGKILL.
     kill_at: Option<Instant>,
     restore: Option<RestoreSource>,
+    /// Restores handed to the launcher thread: (for the pool, the launch).
+    launching: Vec<(bool, LaunchingRestore)>,
     /// Restores that become instances.
     restoring: Vec<RestoringInstance>,
     /// Restores that refill the warm pool.
@@ -182,6 +184,9 @@ pub struct Supervisor {
     /// Starts that must spawn even though a snapshot exists (after a failed
     /// restore, or to make a fresh snapshot).
     force_spawn: usize,
+    /// Starts restores off the owner's thread; created on first use. Last
+    /// field: dropped after `Drop` stopped every instance it restored.
+    launcher: Option<RestoreLauncher>,
 }
 
 impl Supervisor {
@@ -207,10 +212,12 @@ impl Supervisor {
             generation: 0,
             kill_at: None,
             restore: None,
+            launching: Vec::new(),
             restoring: Vec::new(),
             refilling: Vec::new(),
             warm: Vec::new(),
             force_spawn: 0,
+            launcher: None,
         }
     }
 
@@ -225,7 +232,10 @@ impl Supervisor {
     /// Instances that exist or are on their way (ready, in the handshake,
     /// being restored); the warm pool is not counted.
     pub fn live(&self) -> usize {
-        self.ready.len() + self.starting.len() + self.restoring.len()
+        self.ready.len()
+            + self.starting.len()
+            + self.restoring.len()
+            + self.launching.iter().filter(|(pool, _)| !pool).count()
     }
 
     /// Frozen instances in the warm pool.
@@ -235,7 +245,7 @@ impl Supervisor {
 
     /// Restores in progress (instances and pool refills).
     pub fn restoring(&self) -> usize {
-        self.restoring.len() + self.refilling.len()
+        self.restoring.len() + self.refilling.len() + self.launching.len()
     }
 
     /// The desired count.
@@ -409,6 +419,11 @@ impl Supervisor {
                 // Dropping a restore kills and reaps what it restored.
                 continue;
             }
+            if let Some(i) = self.launching.iter().rposition(|(pool, _)| !pool) {
+                // The launcher drops it when it finds nobody waiting.
+                self.launching.remove(i);
+                continue;
+            }
             if let Some(mut inst) = self.ready.pop() {
                 let reason = inst.kill_and_wait().unwrap_or(ExitReason::Stopped);
                 self.generation += 1;
@@ -459,7 +474,10 @@ impl Supervisor {
             }
         }
         // 6. Refill the warm pool, one restore at a time.
-        if self.warm_short() && self.refilling.is_empty() {
+        if self.warm_short()
+            && self.refilling.is_empty()
+            && !self.launching.iter().any(|(pool, _)| *pool)
+        {
             let id = self.next_id();
             if let Err(e) = self.try_restore(&id, pool, true) {
                 tracing::warn!("{id}: warm pool refill failed: {e}");
@@ -472,7 +490,10 @@ impl Supervisor {
     fn warm_short(&self) -> bool {
         self.kill_at.is_none()
             && self.restore.as_ref().is_some_and(|r| {
-                self.warm.len() + self.refilling.len() < r.warm_pool
+                self.warm.len()
+                    + self.refilling.len()
+                    + self.launching.iter().filter(|(pool, _)| *pool).count()
+                    < r.warm_pool
                     && r.snapshots.ready(&self.spec.function_id).is_some()
             })
     }
@@ -526,17 +547,33 @@ impl Supervisor {
         let ns = pool
             .take(self.spec.egress)
             .map_err(|e| RestoreError::Setup(e.into()))?;
-        let r = start_restore(&self.spec, id, &self.cgroups, ns, &src.criu, &images)?;
-        if for_pool {
-            self.refilling.push(r);
-        } else {
+        let (criu, snapshots_images) = (src.criu.clone(), images);
+        if self.launcher.is_none() {
+            let name = format!("aether-restore-{}", self.spec.function_id);
+            let l = RestoreLauncher::new(&name).map_err(|e| {
+                RestoreError::Setup(super::InstanceError::Wait { pid: 0, source: e })
+            })?;
+            self.launcher = Some(l);
+        }
+        let Some(launcher) = &self.launcher else {
+            return Ok(false);
+        };
+        let launch = launcher.launch(
+            self.spec.clone(),
+            id.to_string(),
+            self.cgroups.clone(),
+            ns,
+            criu,
+            snapshots_images,
+        );
+        if !for_pool {
             self.stats.spawned += 1;
             if self.owed_restarts > 0 {
                 self.owed_restarts -= 1;
                 self.stats.restarts += 1;
             }
-            self.restoring.push(r);
         }
+        self.launching.push((for_pool, launch));
         Ok(true)
     }
 
@@ -547,6 +584,24 @@ impl Supervisor {
         let Some(src) = self.restore.clone() else {
             return;
         };
+        for (for_pool, launch) in std::mem::take(&mut self.launching) {
+            match launch.try_get() {
+                None => self.launching.push((for_pool, launch)),
+                Some(Ok(r)) if for_pool => self.refilling.push(r),
+                Some(Ok(r)) => self.restoring.push(r),
+                Some(Err(e)) => {
+                    if !for_pool {
+                        self.force_spawn += 1;
+                    }
+                    events.push(SupervisorEvent::RestoreFailed {
+                        instance: launch.id().to_owned(),
+                        over_budget: false,
+                        elapsed: Duration::ZERO,
+                        error: e.to_string(),
+                    });
+                }
+            }
+        }
         for (pool_refill, list) in [
             (false, std::mem::take(&mut self.restoring)),
             (true, std::mem::take(&mut self.refilling)),
@@ -624,6 +679,7 @@ impl Supervisor {
             let _ = stop_starting(&mut s);
         }
         // Dropping a restore kills and reaps what it restored.
+        self.launching.clear();
         self.restoring.clear();
         self.refilling.clear();
         for mut w in std::mem::take(&mut self.warm) {
@@ -698,6 +754,7 @@ impl Drop for Supervisor {
             || !self.starting.is_empty()
             || !self.restoring.is_empty()
             || !self.refilling.is_empty()
+            || !self.launching.is_empty()
             || !self.warm.is_empty()
         {
             let _ = self.shutdown(Duration::ZERO);
