@@ -38,6 +38,7 @@ use dataplane::instance::netns::{Netns, NetnsError};
 use dataplane::instance::{start, Instance, InstanceError, InstanceSpec};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -94,6 +95,20 @@ pub enum BaselineError {
     Interrupted,
     #[error(transparent)]
     Histogram(#[from] HistogramError),
+}
+
+/// An image set to restore and how.
+#[derive(Debug, Clone)]
+struct Images {
+    dir: PathBuf,
+    /// The port the dumped handler listens on in its namespace.
+    port: u16,
+    /// The key its network namespace was dumped under.
+    netns_key: String,
+    /// The key of its log file, handed in as a fresh file (aetherd's dumps).
+    log_key: Option<String>,
+    /// `--tcp-established`, as at dump.
+    tcp_established: bool,
 }
 
 /// One fresh spawn.
@@ -286,22 +301,51 @@ impl Lab {
         Ok(report)
     }
 
-    /// Restores one copy into `ns` and `cg` with logs in `work`, times it to
-    /// its first answer, kills and reaps it (the caller removes `cg`).
+    /// This lab's own images (made by [`Lab::snapshot`]).
+    fn own_images(&self) -> Result<Images, BaselineError> {
+        if self.dumped.is_none() {
+            return Err(BaselineError::NoImages);
+        }
+        Ok(Images {
+            dir: self.images.path().to_path_buf(),
+            port: PORT,
+            netns_key: NETNS_KEY.to_owned(),
+            log_key: None,
+            tcp_established: false,
+        })
+    }
+
+    /// Restores one copy of `images` into `ns` and `cg` with logs in
+    /// `work`, times it to its first answer, kills and reaps it (the caller
+    /// removes `cg`).
     fn restore_into(
         &self,
+        images: &Images,
         ns: &Netns,
         cg: &InstanceCgroup,
         work: &Path,
     ) -> Result<RestoreSample, BaselineError> {
-        if self.dumped.is_none() {
-            return Err(BaselineError::NoImages);
-        }
+        // The dumped handler's log file is replaced by a fresh one of ours.
+        let log = match &images.log_key {
+            Some(key) => {
+                let path = self.dir.path().join("logs").join("restored.log");
+                std::fs::create_dir_all(self.dir.path().join("logs"))
+                    .and_then(|()| std::fs::File::create(&path))
+                    .map(|f| Some((f, key.clone())))
+                    .map_err(BaselineError::TempDir)?
+            }
+            None => None,
+        };
         let opts = RestoreOptions {
-            netns: Some((ns.fd(), NETNS_KEY.to_owned())),
+            netns: Some((ns.fd(), images.netns_key.clone())),
+            inherit_files: log
+                .iter()
+                .map(|(f, key)| (f.as_fd(), key.clone()))
+                .collect(),
             work_dir: Some(work.to_path_buf()),
             sibling: true,
             cgroup: Some(cg.path().to_path_buf()),
+            tcp_established: images.tcp_established,
             ..RestoreOptions::default()
         };
         let criu_err = |source| BaselineError::CriuRun {
@@ -311,11 +355,11 @@ impl Lab {
         let t0 = Instant::now();
         let restored = self
             .criu
-            .restore_start(self.images.path(), &opts)
+            .restore_start(&images.dir, &opts)
             .and_then(dataplane::criu::PendingRestore::wait)
             .map_err(criu_err)?;
         let _reap = Reaped(restored.pid);
-        let answer = connect_in(ns)
+        let answer = connect_in(ns, images.port)
             .and_then(fetch)
             .map_err(|source| BaselineError::Answer {
                 what: "the restored copy",
@@ -327,17 +371,52 @@ impl Lab {
         })
     }
 
+    /// One restore of aetherd's own snapshot (`images`, made by aetherd for
+    /// a function listening on `port`) by the command line, with the options
+    /// aetherd restores it with (its netns key, its log file handed in, TCP
+    /// established), namespace and cgroup made before the clock starts.
+    ///
+    /// # Errors
+    /// [`BaselineError`].
+    pub fn restore_aetherd_images_once(
+        &self,
+        images: &Path,
+        port: u16,
+    ) -> Result<RestoreSample, BaselineError> {
+        let log_key =
+            std::fs::read_to_string(images.join(dataplane::instance::restore::SOURCE_LOG))
+                .ok()
+                .map(|t| t.trim().trim_start_matches('/').to_owned())
+                .filter(|k| !k.is_empty());
+        let images = Images {
+            dir: images.to_path_buf(),
+            port,
+            netns_key: dataplane::instance::restore::NETNS_KEY.to_owned(),
+            log_key,
+            tcp_established: true,
+        };
+        self.restore_with_premade(&images, "a")
+    }
+
     /// One restore with namespace and cgroup made before the clock starts.
     ///
     /// # Errors
     /// [`BaselineError`].
     pub fn restore_once(&self) -> Result<RestoreSample, BaselineError> {
+        self.restore_with_premade(&self.own_images()?, "r")
+    }
+
+    fn restore_with_premade(
+        &self,
+        images: &Images,
+        prefix: &str,
+    ) -> Result<RestoreSample, BaselineError> {
         let ns = Netns::create(None)?;
         let cg = self
             .cgroups
-            .create("hello", &self.next_id("r"), MEMORY_LIMIT)?;
+            .create("hello", &self.next_id(prefix), MEMORY_LIMIT)?;
         let work = self.dir.path().join("restore");
-        let sample = self.restore_into(&ns, &cg, &work);
+        let sample = self.restore_into(images, &ns, &cg, &work);
         cg.destroy()?;
         sample
     }
@@ -353,12 +432,13 @@ impl Lab {
         workers: usize,
         window: Duration,
     ) -> Result<Throughput, BaselineError> {
+        let images = &self.own_images()?;
         let t0 = Instant::now();
         let deadline = t0 + window;
         let per_worker: Vec<Result<(u64, LatencyHistogram), BaselineError>> =
             std::thread::scope(|s| {
                 let handles: Vec<_> = (0..workers.max(1))
-                    .map(|w| s.spawn(move || self.worker(w, deadline)))
+                    .map(|w| s.spawn(move || self.worker(images, w, deadline)))
                     .collect();
                 handles
                     .into_iter()
@@ -385,6 +465,7 @@ impl Lab {
     /// are this thread's children (`--restore-sibling`) and die before it ends.
     fn worker(
         &self,
+        images: &Images,
         w: usize,
         deadline: Instant,
     ) -> Result<(u64, LatencyHistogram), BaselineError> {
@@ -400,7 +481,7 @@ impl Lab {
             let cg = self
                 .cgroups
                 .create("hello", &self.next_id("t"), MEMORY_LIMIT)?;
-            let sample = self.restore_into(&ns, &cg, &work);
+            let sample = self.restore_into(images, &ns, &cg, &work);
             cg.destroy()?;
             sample?;
             h.record(duration_ns(t0.elapsed()));
@@ -456,8 +537,8 @@ fn ask(inst: &Instance, what: &'static str) -> Result<Answer, BaselineError> {
 
 /// A connection to the handler inside `ns`, retried until it accepts (a
 /// restored listener accepts at once; the retry only bounds a surprise).
-fn connect_in(ns: &Netns) -> Result<TcpStream, ProbeError> {
-    let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, PORT);
+fn connect_in(ns: &Netns, port: u16) -> Result<TcpStream, ProbeError> {
+    let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
     let t0 = Instant::now();
     loop {
         match ns.tcp_connect(addr, Some(Duration::from_secs(1))) {

@@ -14,7 +14,10 @@
 //! - **aetherd cold** ([`daemon`]): a request arriving while the function has
 //!   zero instances, connect → first answer byte, through `aetherctl up`
 //!   with `min_instances: 0`; `aether_instance_starts_total` says whether
-//!   each start was a restore or a spawn;
+//!   each start was a restore or a spawn, and aetherd's own restore time and
+//!   the request's queue wait come from its histograms. Then the snapshot
+//!   aetherd made is restored by the same `criu` command line, aetherd
+//!   stopped (`criu_cli_aetherd_images_*`): the same images, without aetherd;
 //! - **aetherd warm pool**: the same with `aetherctl up --warm-pool`, where a
 //!   start should thaw a frozen restored instance (`source="warm"`).
 //!
@@ -124,6 +127,9 @@ pub enum ColdstartError {
     Handler(PathBuf),
     #[error("cannot create a temp dir for the run: {0}")]
     TempDir(std::io::Error),
+    /// aetherd's snapshot could not be found for the command-line restores.
+    #[error("aetherd's images: {0}")]
+    AetherdImages(String),
     #[error(transparent)]
     Report(#[from] ReportError),
     #[error(transparent)]
@@ -201,7 +207,6 @@ pub fn run(args: &ColdstartArgs) -> Result<PathBuf, ColdstartError> {
     }
     let restore_command = lab.restore_command();
     let python = lab.python_version();
-    drop(lab);
 
     // (a) and (b) through aetherd.
     let bin_dir = args.bin_dir.clone().unwrap_or_else(|| {
@@ -214,7 +219,7 @@ pub fn run(args: &ColdstartArgs) -> Result<PathBuf, ColdstartError> {
         .prefix("aether-coldstart.")
         .tempdir()
         .map_err(ColdstartError::TempDir)?;
-    let (mut cold, mut warm) = (None, None);
+    let (mut cold, mut warm, mut cli_aetherd_images) = (None, None, None);
     if args.skip_aetherd {
         errors.insert("aetherd".into(), "skipped (--skip-aetherd)".into());
     } else if let Err(why) = build_aetherd(args) {
@@ -233,8 +238,22 @@ pub fn run(args: &ColdstartArgs) -> Result<PathBuf, ColdstartError> {
                 pool,
                 samples,
             ) {
-                Ok(run) if pool.is_some() => warm = Some(run),
-                Ok(run) => cold = Some(run),
+                Ok((run, _)) if pool.is_some() => warm = Some(run),
+                Ok((run, port)) => {
+                    cold = Some(run);
+                    // The same images by the command line, aetherd stopped.
+                    let snapshots = run_dir.path().join(mode).join("snapshots");
+                    match aetherd_images_cli(&lab, &snapshots, port, samples) {
+                        Ok(run) => cli_aetherd_images = Some(run),
+                        Err(ColdstartError::Interrupted) => {
+                            return Err(ColdstartError::Interrupted)
+                        }
+                        Err(e) => {
+                            eprintln!("coldstart: criu restore of aetherd's images failed: {e}");
+                            errors.insert("criu_cli_aetherd_images".into(), e.to_string());
+                        }
+                    }
+                }
                 Err(DaemonError::Interrupted) => return Err(ColdstartError::Interrupted),
                 Err(e) => {
                     eprintln!("coldstart: {mode} failed: {e}");
@@ -254,6 +273,19 @@ pub fn run(args: &ColdstartArgs) -> Result<PathBuf, ColdstartError> {
         "criu_cli_criu",
         "ms",
         Some(&criu_cli.criu.summary()),
+    );
+    let foreign = cli_aetherd_images.as_ref();
+    put_percentiles(
+        &mut r,
+        "criu_cli_aetherd_images",
+        "ms",
+        foreign.map(|c| c.first_byte.summary()).as_ref(),
+    );
+    put_percentiles(
+        &mut r,
+        "criu_cli_aetherd_images_criu",
+        "ms",
+        foreign.map(|c| c.criu.summary()).as_ref(),
     );
     r.insert(
         "criu_dump_ms".into(),
@@ -298,6 +330,7 @@ pub fn run(args: &ColdstartArgs) -> Result<PathBuf, ColdstartError> {
             "spawn": "dataplane::instance::start (pid 1 of a new pid namespace, pre-made netns, own memory cgroup, READY on AETHER_SOCKET) → READY and port listening (spawn_ready_*), → first answer byte (spawn_*); netns made before the clock",
             "criu_dump": "after READY, no request (warmup_requests 0); --leave-running, --external net[INODE]:KEY, --network-lock skip",
             "criu_restore": restore_command,
+            "criu_cli_aetherd_images": "criu_cli_aetherd_images_*: the snapshot aetherd made in the aetherd_cold run, restored by the same command line after aetherd stopped, with aetherd's restore options (its netns key, its log file handed in as a fresh file, --tcp-established)",
             "criu_cli_schedule": "spawn and criu restore samples alternate; netns and cgroup made before the clock",
             "restores_workers": args.workers,
             "restores_window_s": window.as_secs_f64(),
@@ -385,6 +418,50 @@ fn baselines(lab: &Lab, samples: usize) -> Result<(SpawnRun, CriuRun), Coldstart
     Ok((spawn, criu))
 }
 
+/// `samples` restores of the snapshot aetherd made under `snapshots` (one
+/// directory per function, one per identity inside) by the command line.
+fn aetherd_images_cli(
+    lab: &Lab,
+    snapshots: &Path,
+    port: u16,
+    samples: usize,
+) -> Result<CriuRun, ColdstartError> {
+    let fdir = snapshots.join(daemon::FUNCTION);
+    let images = std::fs::read_dir(&fdir)
+        .map_err(|e| ColdstartError::AetherdImages(format!("{}: {e}", fdir.display())))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("inventory.img").is_file())
+        .ok_or_else(|| {
+            ColdstartError::AetherdImages(format!(
+                "no image set (inventory.img) under {}",
+                fdir.display()
+            ))
+        })?;
+    eprintln!(
+        "coldstart: {samples} criu restores of aetherd's own images {}",
+        images.display()
+    );
+    let mut run = CriuRun {
+        first_byte: LatencyHistogram::new()?,
+        criu: LatencyHistogram::new()?,
+    };
+    for _ in 0..samples {
+        if interrupt::interrupted() {
+            return Err(ColdstartError::Interrupted);
+        }
+        let c = lab.restore_aetherd_images_once(&images, port)?;
+        run.first_byte.record(duration_ns(c.first_byte));
+        run.criu.record(duration_ns(c.criu));
+    }
+    eprintln!(
+        "coldstart:   p50 {:.1} ms to the first answer byte (criu {:.1} ms)",
+        ms(run.first_byte.summary().p50_ns),
+        ms(run.criu.summary().p50_ns)
+    );
+    Ok(run)
+}
+
 /// Builds aetherd and aetherctl unless told not to; `Err` says why they
 /// are not usable.
 fn build_aetherd(args: &ColdstartArgs) -> Result<(), String> {
@@ -433,7 +510,7 @@ fn measure_daemon(
     mode: &str,
     warm_pool: Option<u32>,
     samples: usize,
-) -> Result<ColdRun, DaemonError> {
+) -> Result<(ColdRun, u16), DaemonError> {
     let port = |what| {
         free_port().map_err(|e| DaemonError::Run {
             program: PathBuf::from(what),
@@ -472,7 +549,7 @@ fn measure_daemon(
     };
     let run = d.cold_requests(samples, level, mode)?;
     d.stop()?;
-    Ok(run)
+    Ok((run, d.addr().port()))
 }
 
 /// Picks one number out of a summary.
