@@ -250,7 +250,7 @@ pub fn reference_table() -> String {
         row("orchestrator", "mapping", "—", "all defaults", "settings of aetherd itself"),
         int_row(oo, &o::SHM_BUFFER_SIZE, "integer (bytes)", "bytes of each shared-memory segment"),
         int_row(oo, &o::WARM_POOL_SIZE, "integer", "instances kept restored and frozen; only with `aetherctl up --warm-pool` (the original's example value)"),
-        int_row(oo, &o::RESTORE_TIMEOUT_MS, "integer (ms)", "a CRIU restore slower than this is killed and reported (the original's example says 15; 100 leaves room for today's measured 70–85 ms restores)"),
+        int_row(oo, &o::RESTORE_TIMEOUT_MS, "integer (ms)", "a CRIU restore slower than this is killed, counted (`aether_restore_failures_total{reason=\"over_budget\"}`) and logged with its measured time; the instance is spawned instead (the original's example says 15; restores measure 15–100 ms on our 2-core machines, see Benchmarks)"),
         row("orchestrator.snapshot_dir", "path", "—", &format!("`{}`", o::SNAPSHOT_DIR), "CRIU images"),
         row("orchestrator.cores", "`all`, integer, or list of integers", &format!("count `{}`, ids `{}`, unique", o::CORES_COUNT.range_text(), o::CORE_ID.range_text()), "`all`", "CPUs that get an executor: all allowed ones, the first N allowed ones, or exactly these ids"),
         row("orchestrator.metrics_addr", "`ip:port`", "port 0 = any free port", &format!("`{}`", o::METRICS_ADDR), "Prometheus endpoint"),
