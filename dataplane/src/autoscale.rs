@@ -29,6 +29,11 @@
 //!   A burst from zero thus asks for its full capacity on the first decision
 //!   (Knative's window average alone, diluted by the idle zeros, takes about
 //!   a panic window to get there).
+//! * **Burst.** When the latest sample alone would be over the threshold
+//!   (`ceil(latest / target) / ready ≥ panic_threshold`), `panic_want` is at
+//!   least `ceil(latest / target)`: a burst onto running instances is sized
+//!   on the first decision too, instead of climbing about one instance per
+//!   bucket as the panic average absorbs it.
 //! * **Panic.** `over` enters panic mode (or extends it). Panic mode is left
 //!   once a whole stable window has passed since `over` last held. While
 //!   panicking the desired count is the running maximum of
@@ -502,12 +507,21 @@ impl Autoscaler {
         let max_down = (ready / s.max_scale_down_rate).floor();
         let stable_want = (stable_avg / target).ceil();
         let mut panic_want = (panic_avg / target).ceil();
+        let level = self.last_sample.map_or(0.0, |(_, v)| v);
+        let level_want = (level / target).ceil();
         if current_instances == 0 {
             // Nothing serves at zero instances, so the latest sample is all
             // unserved demand: size for it now rather than wait for the
             // window average (diluted by the idle zeros) to catch up.
-            let level = self.last_sample.map_or(0.0, |(_, v)| v);
-            panic_want = panic_want.max((level / target).ceil());
+            panic_want = panic_want.max(level_want);
+        }
+        let over = panic_want / ready >= s.panic_threshold;
+        if over || level_want / ready >= s.panic_threshold {
+            // A burst: the latest level, not the window average still
+            // diluted by the quiet before it, says how much capacity is
+            // missing now (the window average would add about one instance
+            // per bucket).
+            panic_want = panic_want.max(level_want);
         }
         let over = panic_want / ready >= s.panic_threshold;
 
@@ -647,6 +661,30 @@ mod tests {
                 "load {load}"
             );
         }
+    }
+
+    #[test]
+    fn burst_on_one_instance_sizes_for_the_latest_level() {
+        // One instance, idle for a stable window, then 50 concurrent: the
+        // first decision after the burst sizes for all of it (50 / 7 → 8),
+        // not for the panic average still diluted by the quiet before.
+        let (mut clock, mut a) = started(settings(0, 20, Duration::from_secs(60)));
+        feed(&mut a, &mut clock, 1, Duration::from_secs(60));
+        assert_eq!(a.decide(clock.now(), 1).desired, 1);
+        let now = clock.advance(TICK);
+        a.record_concurrency(now, 50);
+        let d = a.decide(now, 1);
+        assert_eq!(d.desired, 8, "{d:?}");
+        assert!(d.panic);
+        // A single noisy sample on a big fleet is not a burst: no panic.
+        let (mut clock, mut a) = started(settings(0, 20, Duration::from_secs(60)));
+        feed(&mut a, &mut clock, 69, Duration::from_secs(60));
+        assert_eq!(a.decide(clock.now(), 10).desired, 10);
+        let now = clock.advance(TICK);
+        a.record_concurrency(now, 90);
+        let d = a.decide(now, 10);
+        assert!(!d.panic, "{d:?}");
+        assert_eq!(d.desired, 10);
     }
 
     #[test]

@@ -1067,7 +1067,9 @@ fn follow_allocation(sv: &Supervision, st: &mut SuperviseState, now: Instant) {
         u32::try_from(live).unwrap_or(u32::MAX),
         active,
     );
-    let urgent = route.queue_len() > 0 && route.backend_count() == 0;
+    // Requests waiting means capacity is short right now: decide at once
+    // (at most every 2 ms) instead of at the next 100 ms mark.
+    let urgent = route.queue_len() > 0;
     sv.scale.decide(now, urgent, new_requests);
     if st.first.is_some() {
         // The deploy waits for this core's first instance: keep it coming.
