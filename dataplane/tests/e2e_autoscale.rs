@@ -17,6 +17,7 @@
 //! | test | proves |
 //! |---|---|
 //! | ramp | after deploy the function scales to 0 (no handler process left); 6 clients ramped in one by one from 0 instances, each looping 150 ms requests: every request answers 200 (also those that arrived at 0 instances and were queued); desired reaches `max_instances` and ready instances reach desired; instances and handler processes never exceed `max_instances`; when the load stops a 5 s request started at once answers 200 while the instance count drops (scale-down spares an instance in the middle of a request); then the function returns to 0 instances and 0 processes; scale events up and down were counted |
+//! | queue full | `max_instances: 1`, `concurrency: 1`, `queue_size: 2`: 8 simultaneous 1.5 s requests get only `200` or `503`; every `503` has `Retry-After: 1`; exactly 1 + 2 answer `200` (the slot and the queue) |
 //! | min instances | with `min_instances: 1` the function settles at 1 (from one per core), never goes below 1 while idle, serves a 3-client burst with all 200s, and settles back at 1, not 0 |
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -45,13 +46,14 @@ struct Scaling {
     max: u32,
     idle_timeout_ms: u64,
     stable_window_ms: u64,
+    queue_size: u32,
 }
 
 impl Scaling {
     fn yaml(&self) -> String {
         format!(
-            "    min_instances: {}\n    max_instances: {}\n    idle_timeout_ms: {}\n    stable_window_ms: {}\n    panic_window_pct: 10\n    target_utilization: 0.7\n    queue_size: 4096\n",
-            self.min, self.max, self.idle_timeout_ms, self.stable_window_ms
+            "    min_instances: {}\n    max_instances: {}\n    idle_timeout_ms: {}\n    stable_window_ms: {}\n    panic_window_pct: 10\n    target_utilization: 0.7\n    queue_size: {}\n",
+            self.min, self.max, self.idle_timeout_ms, self.stable_window_ms, self.queue_size
         )
     }
 }
@@ -304,6 +306,7 @@ fn ramp_from_zero_follows_desired_respects_max_and_scale_down_spares_a_long_requ
             max: MAX,
             idle_timeout_ms: 500,
             stable_window_ms: 2000,
+            queue_size: 4096,
         },
     );
     let port = d.port(FN);
@@ -486,6 +489,7 @@ fn min_instances_one_never_scales_to_zero() {
             max: 3,
             idle_timeout_ms: 500,
             stable_window_ms: 1000,
+            queue_size: 4096,
         },
     );
     let port = d.port(FN);
@@ -540,5 +544,96 @@ fn min_instances_one_never_scales_to_zero() {
     eprintln!("[{T}] load stopped; waiting to settle back at 1 (not 0)");
     await_instances(&d, addr, 1, SETTLE);
     idle_watch("idle after the load", &d);
+    drop(d);
+}
+
+#[test]
+fn a_full_queue_answers_503_with_retry_after() {
+    const T: &str = "autoscale_queue_full";
+    const QUEUE: u32 = 2;
+    const REQUESTS: usize = 8;
+    if !require_root(T) {
+        return;
+    }
+    let d = start(
+        T,
+        Scaling {
+            min: 1,
+            max: 1,
+            idle_timeout_ms: 60_000,
+            stable_window_ms: 1000,
+            queue_size: QUEUE,
+        },
+    );
+    let port = d.port(FN);
+    let addr = metrics_addr(&d);
+    eprintln!("[{T}] waiting for the single instance");
+    await_instances(&d, addr, 1, SETTLE);
+
+    eprintln!("[{T}] {REQUESTS} simultaneous GET /slow?ms=1500 (1 slot, queue_size {QUEUE})");
+    let barrier = std::sync::Barrier::new(REQUESTS);
+    let answers: Vec<Result<http::Response, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..REQUESTS)
+            .map(|_| {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    let mut c =
+                        Conn::open(port, Duration::from_secs(30)).map_err(|e| e.to_string())?;
+                    barrier.wait();
+                    c.get("/slow?ms=1500").map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("client thread"))
+            .collect()
+    });
+    let statuses: Vec<String> = answers
+        .iter()
+        .map(|a| match a {
+            Ok(r) => format!("{} retry-after={:?}", r.status, r.header("retry-after")),
+            Err(e) => format!("error {e}"),
+        })
+        .collect();
+    eprintln!("[{T}] answers: {statuses:?}");
+    let mut ok = 0;
+    let mut full = 0;
+    for a in &answers {
+        let r = a.as_ref().unwrap_or_else(|e| {
+            panic!(
+                "a request failed outright ({e}); all: {statuses:?}\n{}",
+                d.log_report()
+            )
+        });
+        match r.status {
+            200 => ok += 1,
+            503 => {
+                full += 1;
+                assert_eq!(
+                    r.header("retry-after"),
+                    Some("1"),
+                    "503 without Retry-After: 1: {:?}",
+                    r.headers
+                );
+            }
+            other => panic!(
+                "status {other} ({:?}); all: {statuses:?}\n{}",
+                r.text(),
+                d.log_report()
+            ),
+        }
+    }
+    assert!(
+        full >= 1,
+        "no 503 although {REQUESTS} requests met 1 slot and a queue of {QUEUE}: {statuses:?}"
+    );
+    // With one instance every core hands its requests to that instance's
+    // core, so the slot plus one queue of QUEUE are all that is served.
+    assert_eq!(
+        ok,
+        1 + QUEUE as usize,
+        "200s should be exactly the slot plus the queue ({QUEUE}): {statuses:?}"
+    );
     drop(d);
 }
