@@ -7,17 +7,33 @@
 //! difference of two scrapes gives the distribution of what happened between
 //! them ([`Buckets::since`], [`Buckets::quantile`]).
 
-use crate::gateway::http::get_request;
-use crate::gateway::loadgen::{Client, LoadError};
-use std::net::SocketAddr;
+use crate::gateway::http::{frame, get_request, FrameError};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
 use thiserror::Error;
+
+/// Bound of every connect, read and write of a scrape.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Errors scraping the endpoint.
 #[derive(Debug, Error)]
 pub enum ScrapeError {
     /// Connecting, writing or reading failed.
     #[error("GET http://{addr}/metrics: {source}")]
-    Load { addr: SocketAddr, source: LoadError },
+    Io {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The answer is not a framed HTTP response.
+    #[error("GET http://{addr}/metrics: {source}")]
+    Frame {
+        addr: SocketAddr,
+        source: FrameError,
+    },
+    /// The connection closed before a complete response.
+    #[error("GET http://{addr}/metrics: closed before a complete response")]
+    Truncated { addr: SocketAddr },
     /// The endpoint answered something other than 200.
     #[error("GET http://{addr}/metrics answered {status}")]
     Status { addr: SocketAddr, status: u16 },
@@ -32,16 +48,44 @@ pub struct Metrics {
 impl Metrics {
     /// `GET /metrics` on `addr` (one connection per scrape: aetherd closes it).
     ///
+    /// aetherd writes the head and the body of the answer separately, so
+    /// with Nagle the body waits for our ACK of the head, which a delayed
+    /// ACK holds ~40 ms: every scrape would take that long. The socket asks
+    /// for immediate ACKs (`TCP_QUICKACK`, re-armed before every read).
+    ///
     /// # Errors
     /// [`ScrapeError`].
     pub fn scrape(addr: SocketAddr) -> Result<Self, ScrapeError> {
-        let (status, body) = Client::connect(addr)
-            .and_then(|mut c| c.fetch(&get_request("/metrics")))
-            .map_err(|source| ScrapeError::Load { addr, source })?;
-        if status != 200 {
-            return Err(ScrapeError::Status { addr, status });
+        let io = |source| ScrapeError::Io { addr, source };
+        let mut stream = TcpStream::connect_timeout(&addr, SCRAPE_TIMEOUT).map_err(io)?;
+        stream.set_nodelay(true).map_err(io)?;
+        stream.set_read_timeout(Some(SCRAPE_TIMEOUT)).map_err(io)?;
+        stream.set_write_timeout(Some(SCRAPE_TIMEOUT)).map_err(io)?;
+        stream.write_all(&get_request("/metrics")).map_err(io)?;
+        let mut buf = Vec::with_capacity(64 * 1024);
+        let mut chunk = [0u8; 16 * 1024];
+        let framed = loop {
+            if let Some(f) = frame(&buf).map_err(|source| ScrapeError::Frame { addr, source })? {
+                break f;
+            }
+            socket2::SockRef::from(&stream)
+                .set_tcp_quickack(true)
+                .map_err(io)?;
+            match stream.read(&mut chunk) {
+                Ok(0) => return Err(ScrapeError::Truncated { addr }),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io(e)),
+            }
+        };
+        if framed.status != 200 {
+            return Err(ScrapeError::Status {
+                addr,
+                status: framed.status,
+            });
         }
-        Ok(Self::from_text(String::from_utf8_lossy(&body).into_owned()))
+        let body = &buf[framed.head..framed.total];
+        Ok(Self::from_text(String::from_utf8_lossy(body).into_owned()))
     }
 
     /// A scrape from its text (tests, or a file).

@@ -51,8 +51,9 @@
 //!   full capacity (ready = `aether_instances{function,state∈ready|serving|idle}`
 //!   summed over cores). Polling every 10 ms (plus the scrape's own time,
 //!   `poll_interval_ms`: per-round mean, median over rounds; longer when 50 clients saturate the cpus) makes
-//!   it an upper bound by at most one poll interval (here aetherd takes
-//!   ~45 ms to answer a scrape, so the resolution is about that). `null`
+//!   it an upper bound by at most one poll interval (during a burst aetherd
+//!   takes ~35 ms to answer a scrape, ~1 ms when idle, so the resolution is
+//!   about that: `poll_interval_ms`). `null`
 //!   when a round never got there within its window. `burst_to_capacity_ms_median`,
 //!   `burst_to_capacity_ms_rounds` and `capacity_instances_rounds` give the
 //!   rest; `burst_to_planned_capacity_ms_rounds` the same for the planned
