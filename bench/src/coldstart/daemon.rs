@@ -15,9 +15,12 @@
 //!    then a short settle so the last teardown is not measured;
 //! 2. one `GET` on a new connection, timed from before `connect` to the
 //!    first answer byte;
-//! 3. which start served it: the delta of
+//! 3. which starts it caused: the delta of
 //!    `aether_instance_starts_total{source=spawn|restore|warm}` (and of
-//!    `aether_restore_failures_total`), read once the count moved.
+//!    `aether_restore_failures_total`), read once the counts held still;
+//!    its queue wait from `aether_queue_wait_seconds` between the scrapes;
+//! 4. the same request again while the instance runs (the cost of a request
+//!    without a start, `*_running_*`).
 //!
 //! A daemon that never gets to zero instances, never snapshots, or (warm
 //! pool) never holds a frozen instance is an error that says which.
@@ -218,8 +221,12 @@ pub struct ColdRun {
     /// aetherd's own `criu restore` wall times during the run
     /// (`aether_restore_duration_seconds`; warm-pool refills included).
     pub aetherd_restore: Option<HistogramDelta>,
-    /// Time the requests waited for an instance (`aether_queue_wait_seconds`).
+    /// Time the cold requests waited for an instance
+    /// (`aether_queue_wait_seconds`, between the scrapes around each).
     pub queue_wait: Option<HistogramDelta>,
+    /// A second request right after each cold one (an instance runs):
+    /// connect → first answer byte.
+    pub running: LatencyHistogram,
 }
 
 /// Observations of an aetherd histogram between two scrapes.
@@ -227,6 +234,19 @@ pub struct ColdRun {
 pub struct HistogramDelta {
     pub mean: Duration,
     pub count: f64,
+}
+
+impl HistogramDelta {
+    /// Both sets of observations together.
+    #[must_use]
+    pub fn plus(self, other: Self) -> Self {
+        let count = self.count + other.count;
+        let sum = self.mean.as_secs_f64() * self.count + other.mean.as_secs_f64() * other.count;
+        Self {
+            mean: Duration::from_secs_f64((sum / count.max(1.0)).max(0.0)),
+            count,
+        }
+    }
 }
 
 impl Daemon {
@@ -417,6 +437,29 @@ impl Daemon {
         }
     }
 
+    /// One `GET` on a new connection: connect → first answer byte.
+    fn timed_get(&self, sample: usize) -> Result<Duration, DaemonError> {
+        let t0 = Instant::now();
+        let answer = TcpStream::connect(self.addr())
+            .map_err(|source| ProbeError::Io {
+                step: "connecting to aetherd",
+                source,
+            })
+            .and_then(|s| {
+                s.set_nodelay(true).map_err(|source| ProbeError::Io {
+                    step: "TCP_NODELAY",
+                    source,
+                })?;
+                fetch(s)
+            })
+            .map_err(|source| DaemonError::Request {
+                sample,
+                source,
+                logs: self.log_tail(),
+            })?;
+        Ok(answer.first_byte_at.duration_since(t0))
+    }
+
     /// Polls until `aether_instance_starts_total` moved past `before` and
     /// then held still for [`STARTS_SETTLE`] (bounded by [`STARTS_WITHIN`]);
     /// returns the sources that moved, joined with `+` in [`SOURCES`] order
@@ -466,6 +509,8 @@ impl Daemon {
         label: &str,
     ) -> Result<ColdRun, DaemonError> {
         let mut latency = LatencyHistogram::new()?;
+        let mut running = LatencyHistogram::new()?;
+        let mut queue_wait = None;
         let mut by_source: BTreeMap<String, LatencyHistogram> = BTreeMap::new();
         let mut zero_waits = Vec::with_capacity(samples);
         let first = self.scrape()?;
@@ -481,31 +526,19 @@ impl Daemon {
             std::thread::sleep(SETTLE);
             zero_waits.push(w0.elapsed());
             let before_starts = Self::starts(&before);
-            let t0 = Instant::now();
-            let answer = TcpStream::connect(self.addr())
-                .map_err(|source| ProbeError::Io {
-                    step: "connecting to aetherd",
-                    source,
-                })
-                .and_then(|s| {
-                    s.set_nodelay(true).map_err(|source| ProbeError::Io {
-                        step: "TCP_NODELAY",
-                        source,
-                    })?;
-                    fetch(s)
-                })
-                .map_err(|source| DaemonError::Request {
-                    sample: i,
-                    source,
-                    logs: self.log_tail(),
-                })?;
-            let took = answer.first_byte_at.duration_since(t0);
+            let took = self.timed_get(i)?;
             latency.record(duration_ns(took));
             // The starts this request caused: the counters that moved, read
             // once they held still for STARTS_SETTLE (the autoscaler may start
             // more than one instance for one request; a later one is counted
             // a little after the first).
             let (source, scrape) = self.starts_caused(&before_starts, starts_exported)?;
+            if let Some(d) = Self::mean_between(&before, &scrape, "aether_queue_wait_seconds") {
+                queue_wait = Some(queue_wait.map_or(d, |q: HistogramDelta| q.plus(d)));
+            }
+            // The same request again, now that an instance runs: what a
+            // request costs without a start.
+            running.record(duration_ns(self.timed_get(i)?));
             last = scrape;
             eprintln!(
                 "coldstart: {label} {}/{samples}: {:8.3} ms  (starts: {source})",
@@ -551,7 +584,8 @@ impl Daemon {
             warm_level,
             snapshots_ok,
             aetherd_restore: Self::mean_between(&first, &last, "aether_restore_duration_seconds"),
-            queue_wait: Self::mean_between(&first, &last, "aether_queue_wait_seconds"),
+            queue_wait,
+            running,
         })
     }
 

@@ -345,7 +345,7 @@ pub fn run(args: &ColdstartArgs) -> Result<PathBuf, ColdstartError> {
             },
             "aetherd_warm_pool_size": args.warm_pool_size,
             "aetherd_schedule": format!(
-                "per sample: wait until sum(aether_instances{{function=\"hello\"}}) == 0 (warm pool: and aether_warm_pool_instances back at its level), settle {} ms, one request; the start source from the aether_instance_starts_total delta",
+                "per sample: wait until sum(aether_instances{{function=\"hello\"}}) == 0 (warm pool: and aether_warm_pool_instances back at its level), settle {} ms, one request; the starts it caused from the aether_instance_starts_total delta once it held still; then the same request again while the instance runs (*_running_*)",
                 daemon::SETTLE.as_millis()
             ),
             "bin_dir": bin_dir.display().to_string(),
@@ -585,6 +585,8 @@ fn put_percentiles(r: &mut Map<String, Value>, prefix: &str, unit: &str, p: Opti
 fn put_cold(r: &mut Map<String, Value>, prefix: &str, unit: &str, run: Option<&ColdRun>) {
     let summary = run.map(|c| c.latency.summary());
     put_percentiles(r, prefix, unit, summary.as_ref());
+    let running = run.map(|c| c.running.summary());
+    put_percentiles(r, &format!("{prefix}_running"), "us", running.as_ref());
     for source in daemon::SOURCES {
         r.insert(
             format!("{prefix}_starts_{source}"),
@@ -772,6 +774,7 @@ mod tests {
                 mean: Duration::from_millis(40),
                 count: 6.0,
             }),
+            running: h(&[100_000, 200_000, 300_000]),
         };
         assert_eq!(with_source(&run, "warm").unwrap().len(), 4);
         assert_eq!(with_source(&run, "restore").unwrap().len(), 3);
@@ -784,6 +787,8 @@ mod tests {
         assert_eq!(r["warm_pool_samples_by_start_source"]["restore+warm"], 1);
         assert!((r["warm_pool_queue_wait_mean_ms"].as_f64().unwrap() - 40.0).abs() < 1e-9);
         assert_eq!(r["warm_pool_aetherd_restore_mean_ms"], Value::Null);
+        assert!((r["warm_pool_running_p50_us"].as_f64().unwrap() - 200.0).abs() < 0.5);
+        assert_eq!(r["warm_pool_running_samples"], 3);
     }
 
     #[test]
