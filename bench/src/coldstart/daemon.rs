@@ -12,7 +12,8 @@
 //! 1. wait until the function has no instance: the sum of
 //!    `aether_instances{function="hello"}` over cores and states is 0 (and,
 //!    with the warm pool, `aether_warm_pool_instances` is back to its level),
-//!    then a short settle so the last teardown is not measured;
+//!    and still is a short settle later with no start in between (so the
+//!    last teardown is not measured, nor a zero aetherd ends on its own);
 //! 2. one `GET` on a new connection, timed from before `connect` to the
 //!    first answer byte;
 //! 3. which starts it caused: the delta of
@@ -55,7 +56,8 @@ const POLL: Duration = Duration::from_millis(20);
 const STARTS_SETTLE: Duration = Duration::from_millis(150);
 /// Bound of waiting for the start counters after a request.
 const STARTS_WITHIN: Duration = Duration::from_secs(2);
-/// Pause between seeing zero instances and the request.
+/// How long zero instances must last (seen at both ends, no start in
+/// between) before the request.
 pub const SETTLE: Duration = Duration::from_millis(100);
 
 /// Errors of the aetherd runs.
@@ -101,6 +103,14 @@ pub enum DaemonError {
         waited: Duration,
         idle_ms: u64,
         stable_ms: u64,
+        logs: String,
+    },
+    /// Zero instances never lasted the settle.
+    #[error("function {FUNCTION} reached zero instances but aetherd started one again within {} ms \
+             with no request, {unsettled} time(s) in {waited:?}: no quiet zero to measure a cold start from{logs}", SETTLE.as_millis())]
+    ZeroNotLasting {
+        waited: Duration,
+        unsettled: u64,
         logs: String,
     },
     /// No snapshot was taken.
@@ -227,6 +237,9 @@ pub struct ColdRun {
     /// A second request right after each cold one (an instance runs):
     /// connect → first answer byte.
     pub running: LatencyHistogram,
+    /// Times zero instances did not last [`SETTLE`] (aetherd started one
+    /// with no request in flight); such a zero is not measured.
+    pub unsettled_zeros: u64,
 }
 
 /// Observations of an aetherd histogram between two scrapes.
@@ -406,15 +419,39 @@ impl Daemon {
     }
 
     /// Waits until the function has no instance (and the warm pool is back
-    /// at `warm_level`); returns the last scrape.
-    fn await_zero(&self, warm_level: Option<f64>) -> Result<Scrape, DaemonError> {
+    /// at `warm_level`) and still has none [`SETTLE`] later with no start in
+    /// between; returns that last scrape and how often a zero did not last
+    /// (aetherd started an instance on its own within the settle).
+    fn await_zero(&self, warm_level: Option<f64>) -> Result<(Scrape, u64), DaemonError> {
         let t0 = Instant::now();
+        let mut unsettled = 0;
+        let mut zero_since: Option<BTreeMap<String, f64>> = None;
         loop {
             let m = self.scrape()?;
             let n = self.instances(&m)?;
             let warm_ok = warm_level.is_none_or(|lvl| Self::warm(&m) >= lvl);
             if n == 0.0 && warm_ok {
-                return Ok(m);
+                let starts = Self::starts(&m);
+                match zero_since.take() {
+                    Some(before) if before == starts => return Ok((m, unsettled)),
+                    Some(_) => unsettled += 1,
+                    None => {}
+                }
+                // Look again after the settle: the last instance's teardown
+                // is done, and nothing started meanwhile.
+                if t0.elapsed() > ZERO_WITHIN {
+                    return Err(DaemonError::ZeroNotLasting {
+                        waited: ZERO_WITHIN,
+                        unsettled,
+                        logs: self.log_tail(),
+                    });
+                }
+                zero_since = Some(starts);
+                std::thread::sleep(SETTLE);
+                continue;
+            }
+            if zero_since.take().is_some() {
+                unsettled += 1;
             }
             if t0.elapsed() > ZERO_WITHIN {
                 if n == 0.0 {
@@ -511,6 +548,7 @@ impl Daemon {
         let mut latency = LatencyHistogram::new()?;
         let mut running = LatencyHistogram::new()?;
         let mut queue_wait = None;
+        let mut unsettled_zeros = 0;
         let mut by_source: BTreeMap<String, LatencyHistogram> = BTreeMap::new();
         let mut zero_waits = Vec::with_capacity(samples);
         let first = self.scrape()?;
@@ -522,8 +560,8 @@ impl Daemon {
         let mut last = first.clone();
         for i in 0..samples {
             let w0 = Instant::now();
-            let before = self.await_zero(warm_level)?;
-            std::thread::sleep(SETTLE);
+            let (before, flaps) = self.await_zero(warm_level)?;
+            unsettled_zeros += flaps;
             zero_waits.push(w0.elapsed());
             let before_starts = Self::starts(&before);
             let took = self.timed_get(i)?;
@@ -586,6 +624,7 @@ impl Daemon {
             aetherd_restore: Self::mean_between(&first, &last, "aether_restore_duration_seconds"),
             queue_wait,
             running,
+            unsettled_zeros,
         })
     }
 

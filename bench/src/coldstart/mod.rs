@@ -345,7 +345,7 @@ pub fn run(args: &ColdstartArgs) -> Result<PathBuf, ColdstartError> {
             },
             "aetherd_warm_pool_size": args.warm_pool_size,
             "aetherd_schedule": format!(
-                "per sample: wait until sum(aether_instances{{function=\"hello\"}}) == 0 (warm pool: and aether_warm_pool_instances back at its level), settle {} ms, one request; the starts it caused from the aether_instance_starts_total delta once it held still; then the same request again while the instance runs (*_running_*)",
+                "per sample: wait until sum(aether_instances{{function=\"hello\"}}) == 0 (warm pool: and aether_warm_pool_instances back at its level), still zero {} ms later with no start in between (else counted in *_unsettled_zeros and waited for again), one request; the starts it caused from the aether_instance_starts_total delta once it held still; then the same request again while the instance runs (*_running_*)",
                 daemon::SETTLE.as_millis()
             ),
             "bin_dir": bin_dir.display().to_string(),
@@ -639,6 +639,10 @@ fn put_cold(r: &mut Map<String, Value>, prefix: &str, unit: &str, run: Option<&C
         r.insert(format!("{prefix}_{name}_count"), json!(h.map(|h| h.count)));
     }
     r.insert(
+        format!("{prefix}_unsettled_zeros"),
+        json!(run.map(|c| c.unsettled_zeros)),
+    );
+    r.insert(
         format!("{prefix}_snapshots_ok"),
         json!(run.map(|c| c.snapshots_ok)),
     );
@@ -775,6 +779,7 @@ mod tests {
                 count: 6.0,
             }),
             running: h(&[100_000, 200_000, 300_000]),
+            unsettled_zeros: 0,
         };
         assert_eq!(with_source(&run, "warm").unwrap().len(), 4);
         assert_eq!(with_source(&run, "restore").unwrap().len(), 3);
