@@ -472,6 +472,8 @@ struct FunctionOnCore {
     /// Forced snapshots asked for (`aetherctl snapshot`), served by the
     /// supervision task.
     snapshot_requests: Rc<RefCell<SnapshotRequests>>,
+    /// The snapshot identity of this version (shared with its supervision).
+    identity: Rc<RefCell<String>>,
     /// The gateway task; `None` until the function's listener is serving.
     serve_task: Option<glommio::task::JoinHandle<gateway::ServeReport>>,
     supervise_task: glommio::task::JoinHandle<()>,
@@ -605,18 +607,24 @@ async fn deploy(
         .map_err(|e| format!("function '{}': {e}", f.id))?;
     let snapshots = core.shared.snapshots.clone();
     let snap = snapshots.register(&f);
+    // The deploy starts one instance on each of the first `max_instances`
+    // cores (the others hand connections over until the autoscaler gives
+    // them one).
+    let initial = usize::from(core.index < f.max_instances as usize);
     let mut supervisor = Supervisor::new(
         spec,
         core.shared.cgroups.clone(),
-        1,
+        initial,
         BackoffPolicy::default(),
     );
+    let identity = Rc::new(RefCell::new(snap.identity.clone()));
     if let Some(criu) = snapshots.criu() {
         supervisor = supervisor.with_restore(RestoreSource {
             criu: criu.clone(),
             snapshots: snapshots.clone(),
             budget: core.shared.orchestrator.restore_timeout(),
             warm_pool: core.shared.warm_pool_per_core,
+            identity: snap.identity.clone(),
         });
     } else if snap.state == SnapshotState::Unavailable {
         tracing::info!(
@@ -630,6 +638,24 @@ async fn deploy(
     let stop_supervising = Rc::new(Cell::new(false));
     let snapshot_requests = Rc::new(RefCell::new(SnapshotRequests::default()));
     let (first_tx, first_rx) = flume::bounded::<Result<(), String>>(1);
+    let first_tx = if initial == 0 {
+        // Nothing to wait for on this core.
+        let _ = first_tx.send(Ok(()));
+        None
+    } else {
+        Some(first_tx)
+    };
+    let handoff = {
+        let (tx, inbox) = flume::unbounded();
+        scale.register_inbox(core.index, tx);
+        let (offer_scale, index) = (scale.clone(), core.index);
+        let own_scale = scale.clone();
+        gateway::Handoff {
+            inbox,
+            offer: Box::new(move |fd| offer_scale.offer(index, fd)),
+            expects_instance: Box::new(move || own_scale.allocation(index) > 0),
+        }
+    };
     let supervise_task = glommio::spawn_local(supervise(Supervision {
         core: core.clone(),
         supervisor: supervisor.clone(),
@@ -642,6 +668,7 @@ async fn deploy(
         snapshot_requests: snapshot_requests.clone(),
         first: first_tx,
         function: f.clone(),
+        identity: identity.clone(),
     }))
     .detach();
     let mut new = FunctionOnCore {
@@ -652,6 +679,7 @@ async fn deploy(
         stop_accepting: Rc::new(Signal::new()),
         stop_supervising,
         snapshot_requests,
+        identity,
         serve_task: None,
         supervise_task,
     };
@@ -678,11 +706,12 @@ async fn deploy(
     steer(core, &mut new, &listener);
     let stop = new.stop_accepting.clone();
     new.serve_task = Some(
-        glommio::spawn_local(gateway::serve_listener(
+        glommio::spawn_local(gateway::serve_listener_with(
             gateway::into_glommio(listener),
             serve,
             new.route.clone(),
             core.metrics.clone(),
+            Some(handoff),
             async move { stop.wait().await },
         ))
         .detach(),
@@ -766,10 +795,15 @@ struct Supervision {
     warmup_requests: u32,
     scale: Arc<FunctionScale>,
     snapshot_requests: Rc<RefCell<SnapshotRequests>>,
-    first: flume::Sender<Result<(), String>>,
+    /// Told when this core's first instance is ready (or failed); `None`
+    /// when the core starts with no instance.
+    first: Option<flume::Sender<Result<(), String>>>,
     /// The function as deployed (its snapshot identity is re-checked before
     /// instances start, so a changed handler file gets a new snapshot).
     function: config::Function,
+    /// This version's snapshot identity: while an update runs, the old and
+    /// the new version each only dump and restore their own.
+    identity: Rc<RefCell<String>>,
 }
 
 /// The outcome of a dump, from its thread: (instance id, status or error).
@@ -800,7 +834,7 @@ async fn supervise(sv: Supervision) {
     let (dump_tx, dump_rx) = flume::unbounded();
     let mut st = SuperviseState {
         backends: HashMap::new(),
-        first: Some(sv.first.clone()),
+        first: sv.first.clone(),
         last_stats: SupervisorStats::default(),
         dumping: None,
         dump_forced: false,
@@ -938,7 +972,8 @@ fn start_dump(sv: &Supervision, st: &mut SuperviseState, instance: &str) -> bool
     let function = sv.route.function().to_string();
     let forced = sv.snapshot_requests.borrow_mut().ticket.take();
     let is_forced = forced.is_some();
-    let Some(ticket) = forced.or_else(|| store.claim(&function, false)) else {
+    let mine = sv.identity.borrow().clone();
+    let Some(ticket) = forced.or_else(|| store.claim(&function, &mine, false)) else {
         return false;
     };
     let sup = sv.supervisor.borrow();
@@ -1061,10 +1096,12 @@ fn follow_allocation(sv: &Supervision, st: &mut SuperviseState, now: Instant) {
     let active = demand > 0 || now.saturating_duration_since(st.last_request_at) < sv.idle_timeout;
     let mut sup = sv.supervisor.borrow_mut();
     let live = sup.live();
+    let in_route = u32::try_from(route.backend_count()).unwrap_or(u32::MAX);
     sv.scale.publish(
         sv.core.index,
         u32::try_from(demand).unwrap_or(u32::MAX),
         u32::try_from(live).unwrap_or(u32::MAX),
+        in_route,
         active,
     );
     // Requests waiting means capacity is short right now: decide at once
@@ -1079,7 +1116,13 @@ fn follow_allocation(sv: &Supervision, st: &mut SuperviseState, now: Instant) {
     // while instances run: start one more, fresh, to dump — serving
     // instances are never dumped (their connections would be in the images).
     if live > 0 && st.dumping.is_none() && sv.snapshot_requests.borrow().ticket.is_none() {
-        if let Some(ticket) = sv.core.shared.snapshots.claim(sv.route.function(), false) {
+        let mine = sv.identity.borrow().clone();
+        if let Some(ticket) = sv
+            .core
+            .shared
+            .snapshots
+            .claim(sv.route.function(), &mine, false)
+        {
             sv.snapshot_requests.borrow_mut().ticket = Some(ticket);
         }
     }
@@ -1091,9 +1134,15 @@ fn follow_allocation(sv: &Supervision, st: &mut SuperviseState, now: Instant) {
     if want >= ready {
         if sup.desired() != want {
             if want > sup.live() {
-                // About to start instances: a changed handler file (or
-                // environment) must not be restored from stale images.
-                sv.core.shared.snapshots.register(&sv.function);
+                // About to start instances: a handler file changed on disk
+                // must not be restored from stale images.
+                if let Ok(now) = crate::snapshot::identity(&sv.function) {
+                    if now != *sv.identity.borrow() {
+                        let s = sv.core.shared.snapshots.register(&sv.function);
+                        sup.set_snapshot_identity(&s.identity);
+                        *sv.identity.borrow_mut() = s.identity;
+                    }
+                }
             }
             sup.set_desired(want);
         }
@@ -1218,7 +1267,8 @@ fn request_snapshot(
     let store = &core.shared.snapshots;
     let mut req = f.snapshot_requests.borrow_mut();
     if req.ticket.is_none() {
-        match store.claim(id, true) {
+        let mine = f.identity.borrow().clone();
+        match store.claim(id, &mine, true) {
             Some(ticket) => {
                 req.ticket = Some(ticket);
                 f.supervisor.borrow_mut().spawn_one_more();

@@ -16,6 +16,7 @@
 //! atomics written by their own core only, read by whichever core decides.
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
@@ -108,6 +109,10 @@ pub struct FunctionScale {
     /// requests in flight): such a core keeps an instance, because requests
     /// are not handed between cores.
     active: Vec<AtomicBool>,
+    /// Ready instances of each core, as last published.
+    ready: Vec<AtomicU32>,
+    /// Each core's inbox for connections handed over by other cores.
+    inboxes: Mutex<Vec<Option<flume::Sender<OwnedFd>>>>,
     desired: AtomicU32,
     panic: AtomicBool,
     metrics: ScaleMetrics,
@@ -129,9 +134,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl FunctionScale {
-    /// The scale of `f` over `cores` cores; each core starts with one
-    /// instance (the deploy's), and the deploy counts as activity, so the
-    /// function idles out only `idle_timeout_ms` after it.
+    /// The scale of `f` over `cores` cores; each of the first
+    /// `max_instances` cores starts with one instance (the deploy's), and the
+    /// deploy counts as activity, so the function idles out only
+    /// `idle_timeout_ms` after it.
     pub fn new(
         f: &config::Function,
         cores: usize,
@@ -144,7 +150,13 @@ impl FunctionScale {
         autoscaler.request_started(now);
         let cores = cores.max(1);
         let atomics = |v: u32| (0..cores).map(|_| AtomicU32::new(v)).collect::<Vec<_>>();
-        let n = u32::try_from(cores).unwrap_or(u32::MAX);
+        // One instance on each of the first `max_instances` cores.
+        let initial: Vec<AtomicU32> = (0..cores)
+            .map(|c| AtomicU32::new(u32::from(c < f.max_instances as usize)))
+            .collect();
+        let n = u32::try_from(cores)
+            .unwrap_or(u32::MAX)
+            .min(f.max_instances);
         metrics
             .desired
             .get_or_create(&ScaleMetrics::label(&f.id))
@@ -162,19 +174,53 @@ impl FunctionScale {
                 last_decision: None,
             }),
             demand: atomics(0),
-            live: atomics(1),
-            alloc: atomics(1),
+            live: (0..cores)
+                .map(|c| AtomicU32::new(u32::from(c < f.max_instances as usize)))
+                .collect(),
+            alloc: initial,
             active: (0..cores).map(|_| AtomicBool::new(true)).collect(),
+            ready: atomics(0),
+            inboxes: Mutex::new(vec![None; cores]),
             desired: AtomicU32::new(n),
             panic: AtomicBool::new(false),
             metrics,
         })
     }
 
-    /// Core `core`'s demand (requests in flight plus queued), its live
-    /// instances, and whether it is active (a request within the idle
+    /// Registers core `core`'s inbox for handed-over connections.
+    pub fn register_inbox(&self, core: usize, tx: flume::Sender<OwnedFd>) {
+        if let Some(slot) = lock(&self.inboxes).get_mut(core) {
+            *slot = Some(tx);
+        }
+    }
+
+    /// Hands a connection core `from` accepted (while it has no instance)
+    /// to the other core with the most ready instances; gives it back when
+    /// no other core has one.
+    pub fn offer(&self, from: usize, fd: OwnedFd) -> Result<(), OwnedFd> {
+        let best = self
+            .ready
+            .iter()
+            .enumerate()
+            .filter(|(c, _)| *c != from)
+            // SYNC: Relaxed: see `publish`.
+            .map(|(c, r)| (c, r.load(Ordering::Relaxed)))
+            .filter(|(_, r)| *r > 0)
+            .max_by_key(|(_, r)| *r);
+        let Some((to, _)) = best else {
+            return Err(fd);
+        };
+        let tx = lock(&self.inboxes).get(to).cloned().flatten();
+        match tx {
+            Some(tx) => tx.send(fd).map_err(|e| e.into_inner()),
+            None => Err(fd),
+        }
+    }
+
+    /// Core `core`'s demand (requests in flight plus queued), its live and
+    /// ready instances, and whether it is active (a request within the idle
     /// timeout, or demand now).
-    pub fn publish(&self, core: usize, demand: u32, live: u32, active: bool) {
+    pub fn publish(&self, core: usize, demand: u32, live: u32, ready: u32, active: bool) {
         // SYNC: Relaxed everywhere here: each value is a lone sample read by
         // the deciding core under the scaler lock; no other memory depends on it.
         if let Some(d) = self.demand.get(core) {
@@ -185,6 +231,9 @@ impl FunctionScale {
         }
         if let Some(a) = self.active.get(core) {
             a.store(active, Ordering::Relaxed);
+        }
+        if let Some(r) = self.ready.get(core) {
+            r.store(ready, Ordering::Relaxed);
         }
     }
 
@@ -466,14 +515,14 @@ mod tests {
         assert_eq!(a.decision.desired, 2, "both cores active since the deploy");
         assert_eq!(a.per_core, vec![1, 1]);
         // Idle past the timeout: heads to zero.
-        s.publish(0, 0, 0, false);
-        s.publish(1, 0, 0, false);
+        s.publish(0, 0, 0, 0, false);
+        s.publish(1, 0, 0, 0, false);
         let t = t0 + Duration::from_millis(300);
         let a = s.decide(t, false, false).unwrap();
         assert_eq!(a.decision.desired, 0);
         assert_eq!(a.per_core, vec![0, 0]);
         // Three requests queue on core 1 at zero instances: urgent decision.
-        s.publish(1, 3, 0, true);
+        s.publish(1, 3, 0, 0, true);
         let t = t + Duration::from_millis(5);
         let a = s.decide(t, true, true).unwrap();
         assert_eq!(

@@ -292,22 +292,29 @@ impl SnapshotStore {
         v
     }
 
-    /// Images to restore `function` from, when ready.
-    pub fn ready(&self, function: &str) -> Option<ReadyImages> {
+    /// Images of `function`'s `identity` to restore from, when ready (a
+    /// function version being replaced has another identity and gets none).
+    pub fn ready(&self, function: &str, identity: &str) -> Option<ReadyImages> {
         let entries = lock(&self.entries);
         let e = entries.get(function)?;
-        (e.status.state == SnapshotState::Ready).then(|| ReadyImages {
-            identity: e.status.identity.clone(),
-            dir: e.status.images_dir.clone(),
+        (e.status.state == SnapshotState::Ready && e.status.identity == identity).then(|| {
+            ReadyImages {
+                identity: e.status.identity.clone(),
+                dir: e.status.images_dir.clone(),
+            }
         })
     }
 
-    /// The right to dump `function` now: given when it has no snapshot (or,
-    /// with `force`, unless a dump is already running). The state becomes
+    /// The right to dump `function`'s `identity` now: given when it has no
+    /// snapshot (or, with `force`, unless a dump is already running). The state becomes
     /// `Dumping` until [`Self::finish`].
-    pub fn claim(&self, function: &str, force: bool) -> Option<DumpTicket> {
+    pub fn claim(&self, function: &str, identity: &str, force: bool) -> Option<DumpTicket> {
         let mut entries = lock(&self.entries);
         let e = entries.get_mut(function)?;
+        if e.status.identity != identity {
+            // Another version of the function (an update in progress).
+            return None;
+        }
         let free = match e.status.state {
             SnapshotState::None => true,
             SnapshotState::Ready | SnapshotState::Failed => force,
@@ -495,10 +502,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SnapshotStore::new(&dir.path().join("snap"), Ok(Criu::default()));
         let mut f = function(dir.path());
-        assert_eq!(store.register(&f).state, SnapshotState::None);
-        let t = store.claim("f", false).unwrap();
-        assert!(store.claim("f", false).is_none());
-        assert!(store.claim("f", true).is_none(), "a dump is running");
+        let id = store.register(&f).identity;
+        assert!(store.claim("f", "other-version", false).is_none());
+        let t = store.claim("f", &id, false).unwrap();
+        assert!(store.claim("f", &id, false).is_none());
+        assert!(store.claim("f", &id, true).is_none(), "a dump is running");
         assert_eq!(store.status("f").state, SnapshotState::Dumping);
         // Pretend the dump finished: complete images on disk.
         fs::create_dir_all(&t.dir).unwrap();
@@ -509,13 +517,15 @@ mod tests {
         let s = again.register(&f);
         assert_eq!(s.state, SnapshotState::Ready);
         assert_eq!(s.bytes, 10);
-        assert_eq!(again.ready("f").unwrap().dir, t.dir);
+        assert_eq!(again.ready("f", &id).unwrap().dir, t.dir);
+        assert!(again.ready("f", "other-version").is_none());
         // A changed config: new identity, old images removed.
         f.environment.insert("K".into(), "V".into());
         let s = again.register(&f);
         assert_eq!(s.state, SnapshotState::None);
         assert!(!t.dir.exists());
-        assert!(again.ready("f").is_none());
+        assert!(again.ready("f", &id).is_none());
+        assert!(again.ready("f", &s.identity).is_none(), "no images yet");
     }
 
     #[test]
@@ -526,7 +536,7 @@ mod tests {
         let s = store.register(&f);
         assert_eq!(s.state, SnapshotState::Unavailable);
         assert_eq!(s.error.as_deref(), Some("no criu here"));
-        assert!(store.claim("f", true).is_none());
+        assert!(store.claim("f", &s.identity, true).is_none());
     }
 
     #[test]
@@ -543,6 +553,6 @@ mod tests {
         store.invalidate("f", &id, "corrupt");
         assert!(!img.exists());
         assert_eq!(store.status("f").state, SnapshotState::None);
-        assert!(store.claim("f", false).is_some());
+        assert!(store.claim("f", &id, false).is_some());
     }
 }

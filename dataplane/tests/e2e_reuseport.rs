@@ -90,6 +90,25 @@ fn requests_on(metrics: &str, core: usize) -> f64 {
 /// each) from a thread pinned to it; returns, per CPU, (served by that CPU's
 /// core, served in total) from the per-core request counters.
 fn batches(d: &Daemon, port: u16, cpus: &[u64]) -> Vec<(u64, f64, f64)> {
+    // Locality holds while every core has a ready instance of its own (a
+    // core without one hands its connections to a core that has one, e.g.
+    // while a replacement's first instance is being snapshotted).
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            let m = d.metrics().unwrap();
+            (0..cpus.len()).all(|core| {
+                let core = core.to_string();
+                let want = [
+                    ("core", core.as_str()),
+                    ("function", FUNCTION),
+                    ("state", "ready"),
+                ];
+                common::metric_where(&m, "aether_instances", &want).unwrap_or(0.0) >= 1.0
+            })
+        }),
+        "not every core has an instance:\n{}",
+        d.metrics().unwrap()
+    );
     let mut out = Vec::new();
     for (index, cpu) in cpus.iter().enumerate() {
         let before = d.metrics().unwrap();

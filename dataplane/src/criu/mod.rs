@@ -44,8 +44,38 @@ pub const DEFAULT_CRIU_PATH: &str = "/usr/local/sbin/criu";
 /// Dumps run one at a time. Dumping the init of a pid namespace makes CRIU's
 /// parasite mount a private proc on a fixed-name directory in the task's root
 /// (`parasite_get_proc_fd`): two dumps of instances that share a root collide
-/// with `Can't create a directory (-17)` (EEXIST) and one fails.
+/// with `Can't create a directory (-17)` (EEXIST) and one fails. The
+/// handlers of every aetherd on the host share that root, so the exclusion
+/// is host-wide: this mutex between threads, and an `flock` on
+/// [`DUMP_LOCK_FILE`] between processes.
 static DUMP_LOCK: Mutex<()> = Mutex::new(());
+
+/// The host-wide dump lock (see [`DUMP_LOCK`]).
+pub const DUMP_LOCK_FILE: &str = "/run/lock/aetherless-criu-dump.lock";
+
+/// Holds the host-wide dump lock until dropped; `None` when the lock file
+/// cannot be opened (then only this process's mutex excludes).
+fn host_dump_lock() -> Option<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = Path::new(DUMP_LOCK_FILE).parent()?;
+    let _ = fs::create_dir_all(dir);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(DUMP_LOCK_FILE)
+        .ok()?;
+    loop {
+        // SAFETY: flock(2) on an fd we own; it blocks until the lock is ours.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            return Some(file);
+        }
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return None;
+        }
+    }
+}
 
 /// How many log lines a failure carries.
 const LOG_TAIL_LINES: usize = 40;
@@ -344,6 +374,8 @@ impl Criu {
         let duration = {
             // A poisoned lock guards nothing but the exclusion itself.
             let _one_at_a_time = DUMP_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+            // Released when the file closes at the end of this block.
+            let _host_wide = host_dump_lock();
             self.run(cmd, "dump", &log)?
         };
         Ok(DumpReport {

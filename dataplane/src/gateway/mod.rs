@@ -41,6 +41,7 @@ mod signal;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::pin::pin;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
@@ -158,6 +159,30 @@ pub async fn serve_function(
     Ok(serve_listener(listener, cfg, route, metrics, shutdown).await)
 }
 
+/// Connections moved between the cores serving one function: a core with no
+/// instance of its own offers what it accepts to a core that has one, and
+/// serves what other cores hand it.
+pub struct Handoff {
+    /// Connections other cores handed to this one.
+    pub inbox: flume::Receiver<OwnedFd>,
+    /// Offers a just-accepted connection to another core; gives it back
+    /// when none takes it.
+    pub offer: Box<dyn Fn(OwnedFd) -> Result<(), OwnedFd>>,
+    /// Whether this core has or will get an instance of its own; when not,
+    /// a connection no other core took yet is offered again every
+    /// [`HANDOFF_RETRY`] until one does or this core gets an instance.
+    pub expects_instance: Box<dyn Fn() -> bool>,
+}
+
+/// How often a connection waiting for a core with an instance is re-offered.
+pub const HANDOFF_RETRY: Duration = Duration::from_millis(5);
+
+impl std::fmt::Debug for Handoff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handoff").finish_non_exhaustive()
+    }
+}
+
 /// [`serve_function`] on a listener bound by the caller (e.g. with
 /// [`bind_reuseport`] before the executor started, to report a port conflict
 /// early). `cfg.listen` and `cfg.backlog` are not used.
@@ -168,6 +193,74 @@ pub async fn serve_listener(
     metrics: Rc<CoreMetrics>,
     shutdown: impl Future<Output = ()>,
 ) -> ServeReport {
+    serve_listener_with(listener, cfg, route, metrics, None, shutdown).await
+}
+
+/// What the accept loop got next.
+enum Next {
+    Accepted(glommio::Result<glommio::net::TcpStream, ()>),
+    Shutdown,
+}
+
+/// A copy of an accepted connection's socket that outlives the glommio
+/// stream (glommio 0.9 has no `into_raw_fd`; closing the original fd of a
+/// just-accepted socket with no I/O in flight leaves the copy intact).
+/// The stream comes back when the copy cannot be made (e.g. EMFILE).
+fn detach(stream: glommio::net::TcpStream) -> Result<OwnedFd, glommio::net::TcpStream> {
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    // SAFETY: the fd belongs to `stream`, which is alive for this call.
+    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    match fd.try_clone_to_owned() {
+        Ok(copy) => {
+            drop(stream);
+            Ok(copy)
+        }
+        Err(_) => Err(stream),
+    }
+}
+
+/// A connected socket as this executor's stream.
+fn adopt(fd: OwnedFd) -> glommio::net::TcpStream {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    // SAFETY: `fd` is a connected TCP socket nobody else owns any more (an
+    // accepted one given back, or one another core gave up).
+    unsafe { glommio::net::TcpStream::from_raw_fd(fd.into_raw_fd()) }
+}
+
+/// Offers `fd` again every [`HANDOFF_RETRY`] until another core takes it or
+/// this core has (or expects) an instance, then serves it here; bounded by
+/// the client timeout (then it is served here, and waits in the queue).
+async fn offer_until_taken(shared: &Rc<proxy::Shared>, h: &Handoff, fd: OwnedFd) {
+    let deadline = std::time::Instant::now() + shared.client_timeout;
+    let mut fd = fd;
+    loop {
+        Timer::new(HANDOFF_RETRY).await;
+        if shared.route.backend_count() > 0
+            || (h.expects_instance)()
+            || std::time::Instant::now() >= deadline
+            || shared.drain.is_fired()
+        {
+            break;
+        }
+        match (h.offer)(fd) {
+            Ok(()) => return,
+            Err(back) => fd = back,
+        }
+    }
+    proxy::serve_connection(Rc::clone(shared), adopt(fd)).await;
+}
+
+/// [`serve_listener`] with cross-core [`Handoff`]: while `route` has no
+/// backend, accepted connections are offered to other cores first.
+pub async fn serve_listener_with(
+    listener: glommio::net::TcpListener,
+    cfg: ServeConfig,
+    route: Rc<FunctionRoute>,
+    metrics: Rc<CoreMetrics>,
+    handoff: Option<Handoff>,
+    shutdown: impl Future<Output = ()>,
+) -> ServeReport {
+    let handoff = handoff.map(Rc::new);
     let shared = Rc::new(proxy::Shared {
         metrics: metrics.function(route.function()),
         route,
@@ -178,15 +271,79 @@ pub async fn serve_listener(
     let live = Rc::new(Live::default());
     let mut shutdown = pin!(shutdown);
     let mut accepted = 0u64;
+    // Connections handed over by other cores are served by a task of their
+    // own: racing the inbox against `accept` would drop accept futures,
+    // and an io_uring accept that completed as its future was dropped loses
+    // the connection.
+    if let Some(h) = &handoff {
+        let (inbox, shared, live) = (h.inbox.clone(), Rc::clone(&shared), Rc::clone(&live));
+        glommio::spawn_local(async move {
+            loop {
+                let next = future::or(async { inbox.recv_async().await.ok() }, async {
+                    shared.drain.wait().await;
+                    None
+                })
+                .await;
+                let Some(fd) = next else { break };
+                let guard = live.enter();
+                let shared = Rc::clone(&shared);
+                glommio::spawn_local(async move {
+                    let _guard = guard;
+                    future::or(
+                        proxy::serve_connection(Rc::clone(&shared), adopt(fd)),
+                        shared.force.wait(),
+                    )
+                    .await;
+                })
+                .detach();
+            }
+        })
+        .detach();
+    }
     loop {
-        let next = future::or(async { Some(listener.accept().await) }, async {
+        let next = future::or(async { Next::Accepted(listener.accept().await) }, async {
             shutdown.as_mut().await;
-            None
+            Next::Shutdown
         })
         .await;
-        match next {
-            None => break,
-            Some(Ok(stream)) => {
+        let stream = match next {
+            Next::Shutdown => break,
+            Next::Accepted(Ok(stream)) => match &handoff {
+                Some(h) if shared.route.backend_count() == 0 => {
+                    // Counts as this core's activity for the autoscaler.
+                    shared.route.note_request();
+                    match detach(stream) {
+                        Ok(fd) => match (h.offer)(fd) {
+                            Ok(()) => continue,
+                            Err(fd) if !(h.expects_instance)() => {
+                                // Nobody can take it yet and no instance is
+                                // coming here: keep offering it.
+                                accepted += 1;
+                                let guard = live.enter();
+                                let shared = Rc::clone(&shared);
+                                let h = Rc::clone(h);
+                                glommio::spawn_local(async move {
+                                    let _guard = guard;
+                                    future::or(
+                                        offer_until_taken(&shared, &h, fd),
+                                        shared.force.wait(),
+                                    )
+                                    .await;
+                                })
+                                .detach();
+                                continue;
+                            }
+                            Err(fd) => Ok(adopt(fd)),
+                        },
+                        Err(stream) => Ok(stream),
+                    }
+                }
+                _ => Ok(stream),
+            },
+            Next::Accepted(Err(e)) => Err(e),
+        };
+        match stream {
+            Ok(stream) => {
                 accepted += 1;
                 let guard = live.enter();
                 let shared = Rc::clone(&shared);
@@ -200,7 +357,7 @@ pub async fn serve_listener(
                 })
                 .detach();
             }
-            Some(Err(e)) => {
+            Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 tracing::warn!(function = shared.route.function(), error = %e, "accept failed");
                 Timer::new(Duration::from_millis(10)).await;

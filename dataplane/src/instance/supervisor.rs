@@ -88,6 +88,9 @@ pub struct RestoreSource {
     pub budget: Duration,
     /// Frozen restored instances to keep ready for a start (the warm pool).
     pub warm_pool: usize,
+    /// The snapshot identity of this function version: only its images
+    /// are restored (see [`Supervisor::set_snapshot_identity`]).
+    pub identity: String,
 }
 
 /// How an instance came to be.
@@ -227,6 +230,22 @@ impl Supervisor {
     pub fn with_restore(mut self, source: RestoreSource) -> Self {
         self.restore = Some(source);
         self
+    }
+
+    /// The snapshot identity changed (the handler file changed on disk):
+    /// restore only images of `identity` from now on, and drop frozen
+    /// copies of the old one.
+    pub fn set_snapshot_identity(&mut self, identity: &str) {
+        if let Some(r) = &mut self.restore {
+            if r.identity != identity {
+                r.identity = identity.to_string();
+                for mut w in std::mem::take(&mut self.warm) {
+                    let _ = w.kill_and_wait();
+                }
+                self.refilling.clear();
+                self.launching.retain(|(pool, _)| !pool);
+            }
+        }
     }
 
     /// Instances that exist or are on their way (ready, in the handshake,
@@ -494,7 +513,9 @@ impl Supervisor {
                     + self.refilling.len()
                     + self.launching.iter().filter(|(pool, _)| *pool).count()
                     < r.warm_pool
-                    && r.snapshots.ready(&self.spec.function_id).is_some()
+                    && r.snapshots
+                        .ready(&self.spec.function_id, &r.identity)
+                        .is_some()
             })
     }
 
@@ -541,7 +562,7 @@ impl Supervisor {
         if self.force_spawn > 0 && !for_pool {
             return Ok(false);
         }
-        let Some(images) = src.snapshots.ready(&self.spec.function_id) else {
+        let Some(images) = src.snapshots.ready(&self.spec.function_id, &src.identity) else {
             return Ok(false);
         };
         let ns = pool
