@@ -564,6 +564,7 @@ impl Daemon {
             unsettled_zeros += flaps;
             zero_waits.push(w0.elapsed());
             let before_starts = Self::starts(&before);
+            let sent_at = time_of_day();
             let took = self.timed_get(i)?;
             latency.record(duration_ns(took));
             // The starts this request caused: the counters that moved, read
@@ -579,7 +580,7 @@ impl Daemon {
             running.record(duration_ns(self.timed_get(i)?));
             last = scrape;
             eprintln!(
-                "coldstart: {label} {}/{samples}: {:8.3} ms  (starts: {source})",
+                "coldstart: {label} {}/{samples}: {:8.3} ms  (starts: {source}; sent {sent_at} UTC)",
                 i + 1,
                 took.as_secs_f64() * 1e3
             );
@@ -740,6 +741,22 @@ impl Drop for Daemon {
             eprintln!("coldstart: stopping aetherd: {e}");
         }
     }
+}
+
+/// The UTC time of day with microseconds (`06:15:12.839776`), to find a
+/// request in aetherd's log.
+fn time_of_day() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let s = now.as_secs() % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{:06}",
+        s / 3600,
+        s / 60 % 60,
+        s % 60,
+        now.subsec_micros()
+    )
 }
 
 #[cfg(test)]
