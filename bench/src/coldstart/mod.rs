@@ -15,7 +15,8 @@
 //!   zero instances, connect → first answer byte, through `aetherctl up`
 //!   with `min_instances: 0`; `aether_instance_starts_total` says whether
 //!   each start was a restore or a spawn, and aetherd's own restore time and
-//!   the request's queue wait come from its histograms. Then the snapshot
+//!   the request's queue wait come from its histograms; the same request
+//!   again while the instance runs gives the floor (`*_running_*`). Then the snapshot
 //!   aetherd made is restored by the same `criu` command line, aetherd
 //!   stopped (`criu_cli_aetherd_images_*`): the same images, without aetherd;
 //! - **aetherd warm pool**: the same with `aetherctl up --warm-pool`, where a
