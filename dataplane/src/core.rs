@@ -860,6 +860,7 @@ async fn supervise(sv: Supervision) {
             sv.route.function(),
             &sv.supervisor.borrow(),
             &mut st.last_stats,
+            usize::from(st.dumping.is_some()),
         );
         let next = sv
             .supervisor
@@ -1086,7 +1087,7 @@ fn dump_finished(
 /// when due, and starts or retires instances to match this core's share.
 fn follow_allocation(sv: &Supervision, st: &mut SuperviseState, now: Instant) {
     let route = &sv.route;
-    let demand = route.in_flight() + route.queue_len();
+    let demand = route.in_flight() + route.queue_len() + route.parked();
     let requests = route.requests();
     let new_requests = requests != st.last_requests;
     if new_requests {
@@ -1106,7 +1107,7 @@ fn follow_allocation(sv: &Supervision, st: &mut SuperviseState, now: Instant) {
     );
     // Requests waiting means capacity is short right now: decide at once
     // (at most every 2 ms) instead of at the next 100 ms mark.
-    let urgent = route.queue_len() > 0;
+    let urgent = route.queue_len() + route.parked() > 0;
     sv.scale.decide(now, urgent, new_requests);
     if st.first.is_some() {
         // The deploy waits for this core's first instance: keep it coming.
@@ -1179,6 +1180,7 @@ fn report_supervisor(
     function: &str,
     sup: &Supervisor,
     last: &mut SupervisorStats,
+    snapshotting: usize,
 ) {
     let now = sup.stats();
     core.lifecycle.add_counts(
@@ -1195,7 +1197,10 @@ fn report_supervisor(
     core.lifecycle.set_instances(
         function,
         &[
-            ("ready", count(ready)),
+            // Ready and in the route; one held out for its dump is
+            // "snapshotting".
+            ("ready", count(ready.saturating_sub(snapshotting))),
+            ("snapshotting", count(snapshotting)),
             ("starting", count(starting)),
             ("restoring", count(restoring)),
         ],

@@ -202,6 +202,7 @@ impl LifecycleMetrics {
         for state in [
             "starting",
             "restoring",
+            "snapshotting",
             "ready",
             "serving",
             "idle",

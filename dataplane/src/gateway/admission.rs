@@ -166,6 +166,24 @@ pub struct FunctionRoute {
     requests: Cell<u64>,
     /// Woken when a request joins the queue (the autoscaler's wake-up).
     demand: Notify,
+    /// Connections parked on this core waiting for an instance anywhere
+    /// (see [`FunctionRoute::park`]).
+    parked: Cell<usize>,
+}
+
+/// A parked connection; unparked on drop.
+pub struct Parked(Rc<FunctionRoute>);
+
+impl fmt::Debug for Parked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Parked").finish_non_exhaustive()
+    }
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        self.0.parked.set(self.0.parked.get().saturating_sub(1));
+    }
 }
 
 impl fmt::Debug for FunctionRoute {
@@ -202,6 +220,7 @@ impl FunctionRoute {
             next: Cell::new(0),
             requests: Cell::new(0),
             demand: Notify::default(),
+            parked: Cell::new(0),
         })
     }
 
@@ -299,6 +318,21 @@ impl FunctionRoute {
     /// Counts a request asking for a slot (call before `try_acquire`).
     pub fn note_request(&self) {
         self.requests.set(self.requests.get() + 1);
+    }
+
+    /// Parks a connection that waits for an instance on any core before its
+    /// request is read: it counts as demand (and wakes the autoscaler) like
+    /// a queued request, until the guard is dropped.
+    pub fn park(self: &Rc<Self>) -> Parked {
+        self.parked.set(self.parked.get() + 1);
+        self.demand.notify();
+        Parked(Rc::clone(self))
+    }
+
+    /// Connections parked now.
+    #[must_use]
+    pub fn parked(&self) -> usize {
+        self.parked.get()
     }
 
     /// Requests counted by [`Self::note_request`] so far.

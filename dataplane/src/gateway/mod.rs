@@ -51,7 +51,7 @@ use futures_lite::future;
 use glommio::timer::Timer;
 
 pub use admission::{
-    AdmissionError, Backend, FunctionRoute, Permit, RouteSettings, TcpUpstream, Upstream,
+    AdmissionError, Backend, FunctionRoute, Parked, Permit, RouteSettings, TcpUpstream, Upstream,
     WaitForSlot, SUSPECT_PERIOD,
 };
 pub use body::{BodyError, BodyReader, BodyWriter, ChunkedDecoder, Step};
@@ -175,7 +175,7 @@ pub struct Handoff {
 }
 
 /// How often a connection waiting for a core with an instance is re-offered.
-pub const HANDOFF_RETRY: Duration = Duration::from_millis(5);
+pub const HANDOFF_RETRY: Duration = Duration::from_millis(1);
 
 impl std::fmt::Debug for Handoff {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -233,6 +233,9 @@ fn adopt(fd: OwnedFd) -> glommio::net::TcpStream {
 async fn offer_until_taken(shared: &Rc<proxy::Shared>, h: &Handoff, fd: OwnedFd) {
     let deadline = std::time::Instant::now() + shared.client_timeout;
     let mut fd = fd;
+    // Demand for the autoscaler while it waits: this core may get an
+    // instance of its own (then it stops waiting and serves here).
+    let parked = shared.route.park();
     loop {
         Timer::new(HANDOFF_RETRY).await;
         if shared.route.backend_count() > 0
@@ -247,6 +250,7 @@ async fn offer_until_taken(shared: &Rc<proxy::Shared>, h: &Handoff, fd: OwnedFd)
             Err(back) => fd = back,
         }
     }
+    drop(parked);
     proxy::serve_connection(Rc::clone(shared), adopt(fd)).await;
 }
 

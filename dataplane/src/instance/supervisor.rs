@@ -187,6 +187,9 @@ pub struct Supervisor {
     /// Starts that must spawn even though a snapshot exists (after a failed
     /// restore, or to make a fresh snapshot).
     force_spawn: usize,
+    /// Consecutive failed warm-pool refills, and when the next may start.
+    refill_failures: u32,
+    refill_not_before: Option<Instant>,
     /// Starts restores off the owner's thread; created on first use. Last
     /// field: dropped after `Drop` stopped every instance it restored.
     launcher: Option<RestoreLauncher>,
@@ -220,6 +223,8 @@ impl Supervisor {
             refilling: Vec::new(),
             warm: Vec::new(),
             force_spawn: 0,
+            refill_failures: 0,
+            refill_not_before: None,
             launcher: None,
         }
     }
@@ -345,8 +350,11 @@ impl Supervisor {
         if !self.starting.is_empty() || !self.restoring.is_empty() || !self.refilling.is_empty() {
             return Some(now);
         }
-        if self.live() < self.desired || self.warm_short() {
+        if self.live() < self.desired {
             return Some(self.not_before.unwrap_or(now).max(now));
+        }
+        if self.warm_short() {
+            return Some(self.refill_not_before.unwrap_or(now).max(now));
         }
         None
     }
@@ -496,13 +504,21 @@ impl Supervisor {
         if self.warm_short()
             && self.refilling.is_empty()
             && !self.launching.iter().any(|(pool, _)| *pool)
+            && self.refill_not_before.is_none_or(|t| now >= t)
         {
             let id = self.next_id();
             if let Err(e) = self.try_restore(&id, pool, true) {
+                self.refill_failed(now);
                 tracing::warn!("{id}: warm pool refill failed: {e}");
             }
         }
         events
+    }
+
+    /// A refill failed: the next waits as a failed start would.
+    fn refill_failed(&mut self, now: Instant) {
+        self.refill_failures = self.refill_failures.saturating_add(1);
+        self.refill_not_before = Some(now + self.policy.delay(self.refill_failures));
     }
 
     /// Whether the warm pool wants another instance (and a snapshot exists).
@@ -611,7 +627,9 @@ impl Supervisor {
                 Some(Ok(r)) if for_pool => self.refilling.push(r),
                 Some(Ok(r)) => self.restoring.push(r),
                 Some(Err(e)) => {
-                    if !for_pool {
+                    if for_pool {
+                        self.refill_failed(now);
+                    } else {
                         self.force_spawn += 1;
                     }
                     events.push(SupervisorEvent::RestoreFailed {
@@ -631,7 +649,10 @@ impl Supervisor {
                 match r.poll(src.budget, pool_refill) {
                     Ok(None) if pool_refill => self.refilling.push(r),
                     Ok(None) => self.restoring.push(r),
-                    Ok(Some(inst)) if pool_refill => self.warm.push(inst),
+                    Ok(Some(inst)) if pool_refill => {
+                        self.refill_failures = 0;
+                        self.warm.push(inst);
+                    }
                     Ok(Some(inst)) => {
                         events.push(SupervisorEvent::Ready {
                             instance: inst.id().to_owned(),
@@ -649,10 +670,11 @@ impl Supervisor {
                                 &e.to_string(),
                             );
                         }
-                        if !pool_refill {
+                        if pool_refill {
+                            self.refill_failed(now);
+                        } else {
                             self.force_spawn += 1;
                         }
-                        let _ = now;
                         events.push(SupervisorEvent::RestoreFailed {
                             instance: r.id().to_owned(),
                             over_budget: e.over_budget(),
