@@ -68,11 +68,32 @@ if xdp:
         ("xdp", "accept locality: sk_reuseport / kernel hash", f"{fmt(r['accept_locality_pct_reuseport'], '%')} / {fmt(r['accept_locality_pct_kernel_hash'], '%')}",
          "target 100 % with sk_reuseport"),
     ]
+cold = load("coldstart")
+if cold:
+    r = cold["results"]
+    rows += [
+        ("coldstart", "cold start through aetherd (zero instances → first byte), p50 / p99",
+         f"{fmt(r['aetherd_cold_p50_ms'], 'ms')} / {fmt(r['aetherd_cold_p99_ms'], 'ms')}",
+         f"quickstart hello.py restored from its snapshot; {r.get('aetherd_cold_starts_per_request', 0):.1f} starts per request (target ≤ 5 / ≤ 15 ms)"),
+        ("coldstart", "warm-pool start through aetherd (frozen copy thawed → first byte), p50",
+         fmt(r["warm_pool_p50_us"], "µs"), "target ≤ 300 µs; a request to a running instance takes " + fmt(r.get("aetherd_cold_running_p50_us"), "µs")),
+        ("coldstart", "baselines: `criu restore` by the command line / fresh spawn to first byte, p50",
+         f"{fmt(r['criu_cli_p50_ms'], 'ms')} / {fmt(r['spawn_p50_ms'], 'ms')}", "same images, same machine, same run"),
+        ("coldstart", "restores per second, one image, 2 cores", fmt(r["restores_per_s"], "/s"), "criu command line, each copy answering one request (target ≥ 200)"),
+    ]
+auto = load("autoscale")
+if auto:
+    r = auto["results"]
+    rows += [
+        ("autoscale", "0 → 50 clients burst: full capacity after", fmt(r["burst_to_capacity_ms"], "ms"), "worst round, snapshots available (target ≤ 1000 ms)"),
+        ("autoscale", "queue wait during the burst, p99", fmt(r["queue_wait_p99_ms"], "ms"), ""),
+        ("autoscale", "failed requests during the bursts", fmt(r["failed_requests"]), "target 0"),
+    ]
 print("| benchmark | metric | measured | context |")
 print("|---|---|---|---|")
 for row in rows:
     print("| " + " | ".join(row) + " |")
-for name, doc in (("ring", ring), ("gateway", gw), ("xdp", xdp)):
+for name, doc in (("ring", ring), ("gateway", gw), ("xdp", xdp), ("coldstart", cold), ("autoscale", auto)):
     if doc:
         m = doc.get("machine", {})
         print(f"\n`{name}.json`: {doc.get('timestamp', '?')}, {m.get('cpu_model', '?')}, kernel {m.get('kernel', '?')}, "
