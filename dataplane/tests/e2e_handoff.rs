@@ -14,22 +14,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{http, metric_where, require_root, wait_for, Daemon, FunctionSpec};
-
-fn pin_to(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes within it.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `cpu` is below CPU_SETSIZE (checked by the caller: 0 or 1).
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: sched_setaffinity on this thread with a valid set.
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
-    assert_eq!(
-        rc,
-        0,
-        "pinning to cpu {cpu}: {}",
-        std::io::Error::last_os_error()
-    );
-}
+use common::{http, metric_where, pin_to, require_root, wait_for, Daemon, FunctionSpec};
 
 fn metric(d: &Daemon, name: &str, labels: &[(&str, &str)]) -> f64 {
     d.metrics()

@@ -25,25 +25,13 @@ use std::time::Duration;
 
 use common::{http, metric_where, require_root, wait_for, Daemon, FunctionSpec};
 
-const CRIU: &str = "/usr/local/sbin/criu";
-
 fn handler() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/restore_support/stateful.py")
 }
 
-fn require_criu(test: &str) -> bool {
-    if !require_root(test) {
-        return false;
-    }
-    if !Path::new(CRIU).is_file() {
-        eprintln!("SKIP {test}: no CRIU at {CRIU} (scripts/setup.sh builds it)");
-        return false;
-    }
-    if std::env::var("AETHER_SNAPSHOTS").is_ok_and(|v| v == "0") {
-        eprintln!("SKIP {test}: AETHER_SNAPSHOTS=0 turns snapshots off");
-        return false;
-    }
-    true
+/// Root and a usable CRIU; a loud SKIP otherwise.
+fn require_criu_root(test: &str) -> bool {
+    require_root(test) && common::require_criu(test)
 }
 
 /// aetherd with function `f` (handler `handler`, 2 warm-up requests,
@@ -116,7 +104,7 @@ fn images_dir(d: &Daemon) -> Option<PathBuf> {
 #[test]
 fn restored_instance_keeps_state_gets_the_signal_and_its_connection() {
     const T: &str = "restore state";
-    if !require_criu(T) {
+    if !require_criu_root(T) {
         return;
     }
     let d = start(T, &handler(), &[("HOLD_CONN", "1")], 2_000);
@@ -148,7 +136,7 @@ fn restored_instance_keeps_state_gets_the_signal_and_its_connection() {
 #[test]
 fn restore_over_budget_is_killed_counted_and_the_request_still_served() {
     const T: &str = "restore budget";
-    if !require_criu(T) {
+    if !require_criu_root(T) {
         return;
     }
     let d = start(T, &handler(), &[], 1);
@@ -184,7 +172,7 @@ fn restore_over_budget_is_killed_counted_and_the_request_still_served() {
 #[test]
 fn corrupt_then_missing_images_fall_back_to_spawn_and_are_rebuilt() {
     const T: &str = "restore corrupt";
-    if !require_criu(T) {
+    if !require_criu_root(T) {
         return;
     }
     let d = start(T, &handler(), &[], 2_000);
@@ -233,7 +221,7 @@ fn corrupt_then_missing_images_fall_back_to_spawn_and_are_rebuilt() {
 #[test]
 fn changed_handler_gets_a_new_snapshot() {
     const T: &str = "restore changed handler";
-    if !require_criu(T) {
+    if !require_criu_root(T) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

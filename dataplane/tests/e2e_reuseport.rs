@@ -26,28 +26,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{cores_from_up, http, require_root, wait_for, Daemon, FunctionSpec};
+use common::{cores_from_up, http, pin_to, require_root, wait_for, Daemon, FunctionSpec};
 
 /// Fresh connections per client CPU and phase.
 const CONNECTIONS_PER_CPU: usize = 100;
 const FUNCTION: &str = "steer";
-
-/// Pin the calling thread to `cpu`.
-fn pin_to(cpu: usize) {
-    // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: CPU_SET writes inside `set` for cpu < CPU_SETSIZE (checked by
-    // the caller's CPU list, which comes from sched_getaffinity).
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is this thread.
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
-    assert_eq!(
-        rc,
-        0,
-        "sched_setaffinity(cpu {cpu}): {}",
-        std::io::Error::last_os_error()
-    );
-}
 
 /// Per-core index samples of `name{core="i",function=FUNCTION,...}`, summed per core.
 fn per_core(metrics: &str, name: &str) -> Vec<(usize, f64)> {

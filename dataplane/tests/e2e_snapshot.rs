@@ -23,12 +23,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    aetherctl, examples, function_entry, http, require_root, run_ctl, CtlOutput, Daemon,
-    FunctionSpec, Json,
+    aetherctl, examples, function_entry, http, require_criu, require_root, run_ctl, CtlOutput,
+    Daemon, FunctionSpec, Json,
 };
 
-/// Where aetherd looks for CRIU (`dataplane::criu::DEFAULT_CRIU_PATH`).
-const CRIU: &str = "/usr/local/sbin/criu";
 /// Every value of a snapshot's `state` (`shm_abi::message::SnapshotInfo::STATES`).
 const STATES: [&str; 5] = ["none", "dumping", "ready", "failed", "unavailable"];
 /// Bound on one `aetherctl snapshot` (its own default `--timeout` is 150 s).
@@ -64,19 +62,6 @@ fn await_serving(d: &Daemon) {
         .unwrap_or_else(|e| panic!("[{}] hello never served: {e}\n{}", d.name, d.log_report()));
     // Records the handlers' cgroups, for clean-up if aetherd leaves them.
     d.handler_pids();
-}
-
-/// True when CRIU can be used here; prints a loud SKIP otherwise.
-fn require_criu(test: &str) -> bool {
-    if !Path::new(CRIU).is_file() {
-        eprintln!("SKIP {test}: no CRIU at {CRIU} (scripts/setup.sh builds it)");
-        return false;
-    }
-    if std::env::var("AETHER_SNAPSHOTS").is_ok_and(|v| v == "0") {
-        eprintln!("SKIP {test}: AETHER_SNAPSHOTS=0 in the environment turns snapshots off");
-        return false;
-    }
-    true
 }
 
 /// `hello`'s `snapshot` object in `list -o json`.

@@ -509,18 +509,7 @@ impl PendingRestore {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                let elapsed = self.started.elapsed();
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                let log_tail = fs::read_to_string(&self.log)
-                    .map(|t| tail(&t, LOG_TAIL_LINES))
-                    .unwrap_or_default();
-                return Err(CriuError::Timeout {
-                    budget,
-                    elapsed,
-                    log: self.log,
-                    log_tail,
-                });
+                return Err(self.kill_over_budget(budget));
             }
             let mut pfd = libc::pollfd {
                 fd: pidfd.as_raw_fd(),
@@ -545,6 +534,23 @@ impl PendingRestore {
         self.wait()
     }
 
+    /// Kills and reaps a `criu` past its `budget`; the error carries the
+    /// measured time and the tail of its log.
+    fn kill_over_budget(&mut self, budget: Duration) -> CriuError {
+        let elapsed = self.started.elapsed();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let log_tail = fs::read_to_string(&self.log)
+            .map(|t| tail(&t, LOG_TAIL_LINES))
+            .unwrap_or_default();
+        CriuError::Timeout {
+            budget,
+            elapsed,
+            log: self.log.clone(),
+            log_tail,
+        }
+    }
+
     /// Never blocks: `Ok(None)` while `criu` runs within `budget`; once it
     /// ended, the restored process or the failure; past the budget, `criu`
     /// is killed and reaped and the result is [`CriuError::Timeout`] (kill
@@ -555,21 +561,10 @@ impl PendingRestore {
             .try_wait()
             .map_err(io_err("waiting for criu", &self.log))?;
         let Some(status) = status else {
-            let elapsed = self.started.elapsed();
-            if elapsed < budget {
+            if self.started.elapsed() < budget {
                 return Ok(None);
             }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            let log_tail = fs::read_to_string(&self.log)
-                .map(|t| tail(&t, LOG_TAIL_LINES))
-                .unwrap_or_default();
-            return Err(CriuError::Timeout {
-                budget,
-                elapsed,
-                log: self.log.clone(),
-                log_tail,
-            });
+            return Err(self.kill_over_budget(budget));
         };
         let took = self.started.elapsed();
         let mut stderr = Vec::new();

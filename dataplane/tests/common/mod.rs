@@ -764,3 +764,37 @@ pub fn metric_where(text: &str, name: &str, want: &[(&str, &str)]) -> Option<f64
     }
     found
 }
+
+/// Pin the calling thread to `cpu`.
+pub fn pin_to(cpu: usize) {
+    // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: CPU_SET writes inside `set` for cpu < CPU_SETSIZE (the
+    // callers pass CPUs from sched_getaffinity or 0 and 1).
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is this thread.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+    assert_eq!(
+        rc,
+        0,
+        "sched_setaffinity(cpu {cpu}): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Where aetherd looks for CRIU (`dataplane::criu::DEFAULT_CRIU_PATH`).
+pub const CRIU: &str = "/usr/local/sbin/criu";
+
+/// True when aetherd here can snapshot and restore: CRIU installed and not
+/// turned off; prints a loud SKIP otherwise.
+pub fn require_criu(test: &str) -> bool {
+    if !Path::new(CRIU).is_file() {
+        eprintln!("SKIP {test}: no CRIU at {CRIU} (scripts/setup.sh builds it)");
+        return false;
+    }
+    if std::env::var("AETHER_SNAPSHOTS").is_ok_and(|v| v == "0") {
+        eprintln!("SKIP {test}: AETHER_SNAPSHOTS=0 in the environment turns snapshots off");
+        return false;
+    }
+    true
+}
