@@ -7,6 +7,7 @@
 //! ```text
 //! <snapshot_dir>/<function>/<identity>/      *.img, dump.log, COMPLETE
 //! <snapshot_dir>/<function>/<identity>.partial-<pid>   while dumping
+//! <snapshot_dir>/.restore/<instance>/      a restore's log and pidfile
 //! ```
 //!
 //! The *identity* is 16 hex digits of FNV-1a over what the restored process
@@ -108,6 +109,10 @@ pub enum SnapshotError {
 pub struct ReadyImages {
     pub identity: String,
     pub dir: PathBuf,
+    /// Where restores keep their logs and pidfiles: `<snapshot_dir>/.restore`,
+    /// visible to `criu` wherever it runs (its mount namespace has a private
+    /// `/run`, so the default state dir under `/run` is not).
+    pub work_root: PathBuf,
 }
 
 /// The right to dump one function's identity (one holder at a time).
@@ -301,6 +306,7 @@ impl SnapshotStore {
             ReadyImages {
                 identity: e.status.identity.clone(),
                 dir: e.status.images_dir.clone(),
+                work_root: self.root.join(".restore"),
             }
         })
     }

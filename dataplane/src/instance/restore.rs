@@ -100,7 +100,7 @@ fn source_log_key(images: &Path) -> Option<String> {
 
 /// Starts restoring instance `instance_id` of `spec` from `images` into
 /// `netns` and a new cgroup under `cgroups`; returns at once. CRIU's log and
-/// pidfile go to `<state_dir>/restore/<instance_id>/` (removed on success).
+/// pidfile go to `images.work_root/<instance_id>/` (removed on success).
 /// The calling thread becomes the copy's parent and must outlive it.
 pub fn start_restore(
     spec: &InstanceSpec,
@@ -116,7 +116,7 @@ pub fn start_restore(
     let cg = cgroups
         .create(&spec.function_id, instance_id, spec.memory_limit_bytes)
         .map_err(InstanceError::from)?;
-    let work_dir = spec.state_dir.join("restore").join(instance_id);
+    let work_dir = images.work_root.join(instance_id);
     let mut inherit_files = Vec::new();
     if let Some(key) = source_log_key(&images.dir) {
         inherit_files.push((log.as_fd(), key));
