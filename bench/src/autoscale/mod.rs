@@ -35,7 +35,10 @@
 //!
 //! # A round
 //!
-//! 1. Wait until the function has 0 instances (every state, every core).
+//! 1. Wait until a whole `stable_window_ms` has passed since the previous
+//!    round's last burst (so the autoscaler's windows hold no earlier load:
+//!    otherwise it sizes the burst from that history) and the function has
+//!    0 instances (every state, every core).
 //! 2. **Cold burst** ([`burst`]): `clients` keep-alive connections (opened
 //!    beforehand) all start requesting at t0 and loop for the
 //!    window; the main thread scrapes `/metrics` every 10 ms.
@@ -349,7 +352,25 @@ pub fn run(args: &AutoscaleArgs) -> Result<PathBuf, AutoscaleError> {
 
     let request = get_request(&work.path);
     let mut done = Vec::new();
+    // The autoscaler's stable window still holds the previous burst long
+    // after the function is back at zero (it sized the next burst from that
+    // history: 0 → 6 at once, then the last two only as the average rose).
+    // Each round starts once a whole stable window has passed since the
+    // previous burst, so every round is a burst onto a quiet function.
+    let quiet = Duration::from_millis(scaling.stable_window_ms);
+    let mut last_burst: Option<Instant> = None;
     for r in 1..=rounds {
+        if let Some(end) = last_burst {
+            let wait = quiet.saturating_sub(end.elapsed());
+            eprintln!("autoscale: {wait:?} more for the stable window to forget the last burst");
+            let until = Instant::now() + wait;
+            while Instant::now() < until {
+                if interrupted() {
+                    return Err(AutoscaleError::Interrupted);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         let zero = Instant::now();
         settle(
             &daemon,
@@ -366,6 +387,7 @@ pub fn run(args: &AutoscaleArgs) -> Result<PathBuf, AutoscaleError> {
         let mid = scrape(&daemon)?;
         let warm = burst::run(daemon.addr, daemon.metrics, &request, &work.expect, plan)?;
         let after = scrape(&daemon)?;
+        last_burst = Some(Instant::now());
         let wait =
             |m: &Metrics| m.buckets("aether_queue_wait_seconds", &[("function", FUNCTION_ID)]);
         let counter = |m: &Metrics, name: &str, label: (&str, &str)| {
