@@ -130,10 +130,13 @@ fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<()> {
         )?;
         return Ok(());
     }
-    let head = format!(
+    // One write: a separate head and body (Nagle on, the client's delayed
+    // ACK) cost each scrape ≈ 40 ms.
+    let mut out = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body.as_bytes())
+    out.push_str(&body);
+    stream.set_nodelay(true)?;
+    stream.write_all(out.as_bytes())
 }

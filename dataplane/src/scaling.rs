@@ -365,7 +365,9 @@ impl FunctionScale {
 }
 
 /// Spreads `desired` instances over the cores: first `floor[c]` to each
-/// core (in core order, while any are left), then one at a time to the core
+/// core (in core order, while any are left), then each core keeps the
+/// instances it has as far as its own demand needs them, then one at a time
+/// to the core
 /// with the most demand not yet covered (`max(0, demand − instances × per_instance)`),
 /// ties to the core that has more instances now (fewer moves), then to the
 /// lower index. The result sums to `desired`.
@@ -391,6 +393,24 @@ pub fn allocate(
         let give = (*f).min(left);
         *slot = give;
         left -= give;
+    }
+    // Keep instances where they are still needed: moving one between cores
+    // costs a retire and a restore, and the demand split changes from one
+    // sample to the next.
+    for (c, slot) in out.iter_mut().enumerate() {
+        let d = f64::from(demand.get(c).copied().unwrap_or(0));
+        // `ceil` of a non-negative ratio of u32s: in range for u32.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let needed = (d / per).ceil() as u32;
+        let keep = live
+            .get(c)
+            .copied()
+            .unwrap_or(0)
+            .min(needed)
+            .saturating_sub(*slot)
+            .min(left);
+        *slot += keep;
+        left -= keep;
     }
     for _ in 0..left {
         let mut best = 0;
@@ -468,6 +488,13 @@ mod tests {
         // Per-instance capacity 4: one each covers it; the rest follows live.
         assert_eq!(allocate(2, &[3, 4], &[0, 0], &none, 4.0), vec![1, 1]);
         assert_eq!(allocate(0, &[5, 5], &[3, 3], &[1, 1], 1.0), vec![0, 0]);
+        // Instances stay where their core still needs them: no move from
+        // core 0 (needs 3, has 3) to core 1 (needs 9, has 1) at the same
+        // total; growth goes to core 1.
+        assert_eq!(allocate(4, &[3, 9], &[3, 1], &none, 1.0), vec![3, 1]);
+        assert_eq!(allocate(6, &[3, 9], &[3, 1], &none, 1.0), vec![3, 3]);
+        // An instance its core no longer needs can move.
+        assert_eq!(allocate(2, &[0, 9], &[2, 0], &none, 1.0), vec![0, 2]);
     }
 
     proptest! {

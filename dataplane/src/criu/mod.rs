@@ -445,6 +445,11 @@ impl Criu {
         }
         let mntns = self.run_cache.as_ref().map(|ns| ns.fd().as_raw_fd());
         let in_child = move || {
+            // criu does not outlive the thread that started it (aetherd's).
+            // SAFETY: prctl(2) with integer arguments only.
+            if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
             if let Some(fd) = mntns {
                 // SAFETY: setns(2) on an open namespace fd; it changes only
                 // this single-threaded child's mount namespace.
@@ -469,7 +474,8 @@ impl Criu {
             Ok(())
         };
         // SAFETY: the closure runs in the forked child before exec and only
-        // calls setns(2), write(2) and fcntl(2), all async-signal-safe, on fds
+        // calls prctl(2), setns(2), write(2) and fcntl(2), all
+        // async-signal-safe, on fds
         // that stay open until spawn returns (`self`'s namespace, `procs` and
         // the borrowed netns fd).
         unsafe {

@@ -199,7 +199,10 @@ impl RestoringInstance {
         };
         let signal = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
         let _ = spawn::pidfd_signal(pidfd.as_fd(), signal);
-        let _ = fs::remove_dir_all(&self.work_dir);
+        // AETHER_KEEP_RESTORE_LOGS=1 keeps each restore's log (diagnosis).
+        if std::env::var_os("AETHER_KEEP_RESTORE_LOGS").is_none() {
+            let _ = fs::remove_dir_all(&self.work_dir);
+        }
         let mut lifecycle = Lifecycle::new();
         // Spawned then HandshakeOk from the initial state are valid moves.
         let _ = lifecycle.apply(LifecycleEvent::Spawned);

@@ -347,7 +347,11 @@ impl Supervisor {
             }
             return Some(kill_at.min(now + Duration::from_millis(5)));
         }
-        if !self.starting.is_empty() || !self.restoring.is_empty() || !self.refilling.is_empty() {
+        if !self.starting.is_empty()
+            || !self.restoring.is_empty()
+            || !self.refilling.is_empty()
+            || !self.launching.is_empty()
+        {
             return Some(now);
         }
         if self.live() < self.desired {
