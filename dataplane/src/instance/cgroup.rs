@@ -398,6 +398,48 @@ impl InstanceCgroup {
     }
 }
 
+/// Makes moving a process into a cgroup cheap: with `favordynmods` on a
+/// cgroup2 hierarchy the kernel keeps its global thread-group lock in the
+/// mode writers take without waiting for an RCU grace period. Without it,
+/// each write to a fresh cgroup's `cgroup.procs` (every spawn and every
+/// restore moves a process) waited ≈ 5 ms here; with it ≈ 0.2 ms. The cost is
+/// a slightly slower fork/exit for everyone, the trade the kernel documents
+/// for hosts that create and fill cgroups all the time.
+///
+/// Remounts the first cgroup2 mount without it (`mount -o
+/// remount,favordynmods`, which keeps its other options) and says what it
+/// did; `AETHER_CGROUP_FAVORDYNMODS=0` leaves the host alone.
+pub fn favor_dynamic_modifications() -> Result<Option<PathBuf>, String> {
+    if std::env::var("AETHER_CGROUP_FAVORDYNMODS").is_ok_and(|v| v == "0") {
+        return Ok(None);
+    }
+    let mounts =
+        fs::read_to_string("/proc/self/mounts").map_err(|e| format!("/proc/self/mounts: {e}"))?;
+    let Some((path, opts)) = mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(2) == Some(&"cgroup2")).then(|| (f.get(1).copied(), f.get(3).copied()))
+    }) else {
+        return Ok(None);
+    };
+    let (Some(path), Some(opts)) = (path, opts) else {
+        return Ok(None);
+    };
+    if opts.split(',').any(|o| o == "favordynmods") {
+        return Ok(None);
+    }
+    let out = std::process::Command::new("mount")
+        .args(["-o", "remount,favordynmods", path])
+        .output()
+        .map_err(|e| format!("mount: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "mount -o remount,favordynmods {path}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(Some(PathBuf::from(path)))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -454,46 +496,4 @@ mod tests {
         assert_eq!(cg.oom_kills().unwrap(), 1);
         assert!(root.create("../x", "i", 1).is_err());
     }
-}
-
-/// Makes moving a process into a cgroup cheap: with `favordynmods` on a
-/// cgroup2 hierarchy the kernel keeps its global thread-group lock in the
-/// mode writers take without waiting for an RCU grace period. Without it,
-/// each write to a fresh cgroup's `cgroup.procs` (every spawn and every
-/// restore moves a process) waited ≈ 5 ms here; with it ≈ 0.2 ms. The cost is
-/// a slightly slower fork/exit for everyone, the trade the kernel documents
-/// for hosts that create and fill cgroups all the time.
-///
-/// Remounts the first cgroup2 mount without it (`mount -o
-/// remount,favordynmods`, which keeps its other options) and says what it
-/// did; `AETHER_CGROUP_FAVORDYNMODS=0` leaves the host alone.
-pub fn favor_dynamic_modifications() -> Result<Option<PathBuf>, String> {
-    if std::env::var("AETHER_CGROUP_FAVORDYNMODS").is_ok_and(|v| v == "0") {
-        return Ok(None);
-    }
-    let mounts =
-        fs::read_to_string("/proc/self/mounts").map_err(|e| format!("/proc/self/mounts: {e}"))?;
-    let Some((path, opts)) = mounts.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.get(2) == Some(&"cgroup2")).then(|| (f.get(1).copied(), f.get(3).copied()))
-    }) else {
-        return Ok(None);
-    };
-    let (Some(path), Some(opts)) = (path, opts) else {
-        return Ok(None);
-    };
-    if opts.split(',').any(|o| o == "favordynmods") {
-        return Ok(None);
-    }
-    let out = std::process::Command::new("mount")
-        .args(["-o", "remount,favordynmods", path])
-        .output()
-        .map_err(|e| format!("mount: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "mount -o remount,favordynmods {path}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(Some(PathBuf::from(path)))
 }
