@@ -224,6 +224,9 @@ pub struct RestoreOptions<'a> {
     /// Log and pidfile directory; must differ between concurrent restores of
     /// one image set. Defaults to the images directory.
     pub work_dir: Option<PathBuf>,
+    /// Nice value of `criu` (0: as the caller): a restore nobody waits for
+    /// should not take CPU time from requests being served.
+    pub nice: i32,
 }
 
 /// A process tree CRIU restored (detached; our child only when restored with
@@ -444,7 +447,14 @@ impl Criu {
             *slot = raw;
         }
         let mntns = self.run_cache.as_ref().map(|ns| ns.fd().as_raw_fd());
+        let nice = opts.nice;
         let in_child = move || {
+            if nice != 0 {
+                // SAFETY: setpriority(2) on this (child) process only.
+                if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
             // criu does not outlive the thread that started it (aetherd's).
             // SAFETY: prctl(2) with integer arguments only.
             if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
@@ -474,7 +484,7 @@ impl Criu {
             Ok(())
         };
         // SAFETY: the closure runs in the forked child before exec and only
-        // calls prctl(2), setns(2), write(2) and fcntl(2), all
+        // calls setpriority(2), prctl(2), setns(2), write(2) and fcntl(2), all
         // async-signal-safe, on fds
         // that stay open until spawn returns (`self`'s namespace, `procs` and
         // the borrowed netns fd).

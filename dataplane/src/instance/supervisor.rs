@@ -26,7 +26,9 @@ use std::time::{Duration, Instant};
 
 use super::cgroup::CgroupRoot;
 use super::netns::NetnsPool;
-use super::restore::{LaunchingRestore, RestoreError, RestoreLauncher, RestoringInstance};
+use super::restore::{
+    LaunchingRestore, RestoreError, RestoreLauncher, RestoreRequest, RestoringInstance,
+};
 use super::{start, ExitReason, Instance, InstanceSpec, StartProgress, StartingInstance};
 use crate::criu::Criu;
 use crate::snapshot::SnapshotStore;
@@ -599,14 +601,21 @@ impl Supervisor {
         let Some(launcher) = &self.launcher else {
             return Ok(false);
         };
-        let launch = launcher.launch(
-            self.spec.clone(),
-            id.to_string(),
-            self.cgroups.clone(),
-            ns,
+        // Only the first instance of a core is waited for urgently: a pool
+        // refill, or an instance beside a ready or coming one, runs niced.
+        let background = for_pool
+            || !self.ready.is_empty()
+            || !self.restoring.is_empty()
+            || self.launching.iter().any(|(pool, _)| !pool);
+        let launch = launcher.launch(RestoreRequest {
+            spec: self.spec.clone(),
+            instance_id: id.to_string(),
+            cgroups: self.cgroups.clone(),
+            netns: ns,
             criu,
-            snapshots_images,
-        );
+            images: snapshots_images,
+            background,
+        });
         if !for_pool {
             self.stats.spawned += 1;
             if self.owed_restarts > 0 {
