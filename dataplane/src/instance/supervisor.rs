@@ -466,10 +466,17 @@ impl Supervisor {
                 });
             }
         }
-        // 5. Too few: thaw, restore or start, unless backing off.
+        // 5. Too few: thaw, restore or start, unless backing off. A thawed
+        // instance is handed to the owner at once: the rest (which may have
+        // to make a network namespace, ≈ ms) waits for the next tick.
+        let mut thawed = false;
         while self.live() < self.desired && self.not_before.is_none_or(|t| now >= t) {
             if let Some(ev) = self.thaw_one(now) {
                 events.push(ev);
+                thawed = true;
+                if self.warm.is_empty() {
+                    break;
+                }
                 continue;
             }
             let id = self.next_id();
@@ -507,7 +514,8 @@ impl Supervisor {
             }
         }
         // 6. Refill the warm pool, one restore at a time.
-        if self.warm_short()
+        if !thawed
+            && self.warm_short()
             && self.refilling.is_empty()
             && !self.launching.iter().any(|(pool, _)| *pool)
             && self.refill_not_before.is_none_or(|t| now >= t)
