@@ -30,7 +30,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::http::{self, Conn};
-use common::{require_root, wait_for, Daemon, FunctionSpec};
+use common::{metric_where, require_root, wait_for, Daemon, FunctionSpec};
 
 /// Function id used by every test here.
 const FN: &str = "scaler";
@@ -92,39 +92,6 @@ struct Sample {
     desired: Option<u32>,
     /// Live handler processes of this daemon.
     processes: u32,
-}
-
-/// Labels of one Prometheus sample line, e.g. `{core="0",function="f"}`.
-fn labels(series: &str) -> Vec<(&str, &str)> {
-    let Some((_, rest)) = series.split_once('{') else {
-        return Vec::new();
-    };
-    rest.trim_end_matches('}')
-        .split(',')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.trim(), v.trim().trim_matches('"')))
-        .collect()
-}
-
-/// Sum of metric `name`'s samples whose labels include every pair of `want`;
-/// `None` if no sample matched.
-fn metric_where(text: &str, name: &str, want: &[(&str, &str)]) -> Option<f64> {
-    let mut found = None;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        if series.split('{').next() != Some(name) {
-            continue;
-        }
-        let have = labels(series);
-        if want.iter().all(|w| have.contains(w)) {
-            if let Ok(v) = value.parse::<f64>() {
-                *found.get_or_insert(0.0) += v;
-            }
-        }
-    }
-    found
 }
 
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // small gauges
