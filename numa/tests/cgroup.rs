@@ -108,7 +108,8 @@ fn allowed_cpus_inside_a_cpuset_cgroup() {
     let stdout = String::from_utf8(output.stdout).unwrap();
     let probe = stdout
         .lines()
-        .find_map(|l| l.strip_prefix("PROBE "))
+        // libtest may print "test cgroup_child_probe ... " on the same line.
+        .find_map(|l| l.find("PROBE ").map(|i| &l[i + "PROBE ".len()..]))
         .unwrap_or_else(|| panic!("no PROBE line in {stdout}"));
     let field = |name: &str| {
         probe
