@@ -547,6 +547,10 @@ async fn core_main(setup: CoreSetup, rx: flume::Receiver<CoreCommand>) {
                     let deadline = Instant::now() + core.shared.orchestrator.drain_timeout();
                     stop_function(&core, f, deadline).await;
                 }
+                // Every core does this; both are idempotent. The images stay
+                // on disk for a later deploy of the same identity.
+                core.shared.scale_metrics.forget(&id);
+                core.shared.snapshots.forget(&id);
                 let _ = done.send(());
             }
             CoreCommand::List { reply } => {

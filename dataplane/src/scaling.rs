@@ -114,7 +114,6 @@ pub struct FunctionScale {
     /// Each core's inbox for connections handed over by other cores.
     inboxes: Mutex<Vec<Option<flume::Sender<OwnedFd>>>>,
     desired: AtomicU32,
-    panic: AtomicBool,
     metrics: ScaleMetrics,
 }
 
@@ -182,7 +181,6 @@ impl FunctionScale {
             ready: atomics(0),
             inboxes: Mutex::new(vec![None; cores]),
             desired: AtomicU32::new(n),
-            panic: AtomicBool::new(false),
             metrics,
         })
     }
@@ -269,12 +267,6 @@ impl FunctionScale {
         self.desired.load(Ordering::Relaxed)
     }
 
-    /// Whether the latest decision was in panic mode.
-    pub fn panicking(&self) -> bool {
-        // SYNC: Relaxed: a reported flag.
-        self.panic.load(Ordering::Relaxed)
-    }
-
     /// Runs a decision when one is due (every [`DECISION_EVERY`], or at once
     /// when `urgent`) and no other core is deciding; returns it.
     /// `new_requests` says whether the calling core counted requests since
@@ -328,9 +320,8 @@ impl FunctionScale {
             // SYNC: Relaxed: see `allocation`.
             a.store(*n, Ordering::Relaxed);
         }
-        // SYNC: Relaxed: reported levels.
+        // SYNC: Relaxed: a reported level.
         let before = self.desired.swap(decision.desired, Ordering::Relaxed);
-        self.panic.store(decision.panic, Ordering::Relaxed);
         let label = ScaleMetrics::label(&self.function);
         self.metrics
             .desired

@@ -287,16 +287,6 @@ impl SnapshotStore {
         )
     }
 
-    /// Every registered function's status, sorted by function id.
-    pub fn statuses(&self) -> Vec<(String, SnapshotStatus)> {
-        let mut v: Vec<_> = lock(&self.entries)
-            .iter()
-            .map(|(k, e)| (k.clone(), e.status.clone()))
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    }
-
     /// Images of `function`'s `identity` to restore from, when ready (a
     /// function version being replaced has another identity and gets none).
     pub fn ready(&self, function: &str, identity: &str) -> Option<ReadyImages> {

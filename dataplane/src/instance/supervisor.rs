@@ -269,11 +269,6 @@ impl Supervisor {
         self.warm.len()
     }
 
-    /// Restores in progress (instances and pool refills).
-    pub fn restoring(&self) -> usize {
-        self.restoring.len() + self.refilling.len() + self.launching.len()
-    }
-
     /// The desired count.
     pub fn desired(&self) -> usize {
         self.desired
