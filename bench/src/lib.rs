@@ -27,13 +27,21 @@
 //!   against the native handler direct and behind nginx.
 //! - [`autoscale`]: the autoscaling benchmark (binary `autoscale`): a 0 → 50
 //!   clients burst against a function at zero instances.
+//! - [`coldstart`]: the cold-start benchmark (binary `coldstart`): hello.py
+//!   through aetherd (scale to zero, warm pool) against `criu restore` and a
+//!   fresh spawn.
+//! - [`aetherd`]: aetherd started and stopped through `aetherctl` with a
+//!   generated configuration, and the binaries located and built; shared by
+//!   `gateway`, `autoscale` and `coldstart`.
 //! - [`xdp`]: the eBPF data plane benchmark (binary `xdp`): XDP strict-mode
 //!   drop rate against nftables, XDP cost per packet, accept locality.
 
+pub mod aetherd;
 pub mod affinity;
 pub mod autoscale;
 pub mod cli;
 pub mod clock;
+pub mod coldstart;
 pub mod gateway;
 pub mod histogram;
 pub mod machine;

@@ -89,24 +89,22 @@ pub mod burst;
 pub mod daemon;
 pub mod metrics;
 
+use crate::aetherd::{Aetherd, AetherdError, BinArgs, Site};
 use crate::cli::CommonArgs;
 use crate::clock::utc_timestamp;
 use crate::gateway::interrupt::{self, interrupted};
-use crate::gateway::loadgen::Client;
-use crate::gateway::process::{free_port, ProcessError};
+use crate::gateway::process::ProcessError;
 use crate::gateway::{expected_body, http::get_request, REQUEST_PATH};
 use crate::histogram::{HistogramError, LatencyHistogram};
 use crate::machine::Machine;
 use crate::report::{git_revision, Report, ReportError, Target};
 use burst::{BurstError, BurstOutcome, BurstPlan, Poll};
-use daemon::{Daemon, DaemonError, Scaling, Setup, FUNCTION_ID};
+use daemon::{Scaling, FUNCTION_ID};
 use metrics::{Buckets, Metrics};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
@@ -166,14 +164,10 @@ pub struct AutoscaleArgs {
     #[arg(long, default_value_t = 50)]
     pub service_ms: u64,
 
-    /// Directory holding hello-native, aetherd and aetherctl, used as it is
-    /// (no build) [default: the directory of this binary, after building them there].
-    #[arg(long)]
-    pub bin_dir: Option<PathBuf>,
-
-    /// Do not run `cargo build --release -p native-hello -p dataplane -p control` first.
-    #[arg(long)]
-    pub no_build: bool,
+    /// `--bin-dir` (hello-native, aetherd, aetherctl) and `--no-build`
+    /// (`cargo build --release -p native-hello -p dataplane -p control`).
+    #[command(flatten)]
+    pub bins: BinArgs,
 
     /// Keep the run's temp dir (config, aetherd log, snapshots) and print its path.
     #[arg(long)]
@@ -193,13 +187,7 @@ pub enum AutoscaleError {
     #[error("cannot create a temp dir for the run: {0}")]
     TempDir(std::io::Error),
     #[error("aetherd: {0}")]
-    Daemon(#[from] DaemonError),
-    #[error("the function does not serve: {source}{log}")]
-    NotServing {
-        #[source]
-        source: Box<ProcessError>,
-        log: String,
-    },
+    Daemon(#[from] AetherdError),
     #[error(transparent)]
     Process(#[from] ProcessError),
     /// The function did not reach the state a round starts from.
@@ -301,30 +289,24 @@ pub fn run(args: &AutoscaleArgs) -> Result<PathBuf, AutoscaleError> {
     };
     let planned = capacity(plan.clients, &scaling);
 
-    let bin_dir = args.bin_dir.clone().unwrap_or_else(default_bin_dir);
-    // The configuration must name the handler by an absolute path (aetherctl
-    // resolves a relative one against the configuration's directory).
-    let bin_dir = bin_dir.canonicalize().unwrap_or(bin_dir);
-    if !args.no_build && args.bin_dir.is_none() {
-        build(&["native-hello", "dataplane", "control"])?;
-    }
+    let bin_dir = args.bins.dir();
+    args.bins
+        .build("autoscale", &["native-hello", "dataplane", "control"])
+        .map_err(AutoscaleError::Build)?;
     let work = Workload::new(args.service_ms, &bin_dir)?;
     let handler = work.handler.clone();
     let run_dir = tempfile::Builder::new()
         .prefix("aether-autoscale.")
         .tempdir()
         .map_err(AutoscaleError::TempDir)?;
-    let setup = Setup {
-        aetherctl: bin_dir.join("aetherctl"),
-        handler: handler.clone(),
-        dir: run_dir.path().to_path_buf(),
-        trigger_port: free_port()?,
-        metrics: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
-        scaling,
-    };
+    let site = Site::new(&bin_dir, &handler, run_dir.path().to_path_buf())?;
     eprintln!("autoscale: starting aetherd (aetherctl up)");
-    let mut daemon = Daemon::start(&setup)?;
-    await_serving(&daemon, &work)?;
+    let mut daemon = Aetherd::start(&daemon::launch(site, scaling))?;
+    daemon.await_serving(
+        &work.path,
+        |body| burst::contains(body, &work.expect),
+        Duration::from_secs(30),
+    )?;
 
     let mut errors: BTreeMap<String, String> = BTreeMap::new();
     eprintln!("autoscale: waiting for the function's snapshot");
@@ -514,7 +496,7 @@ impl Workload {
             .join("../dataplane/tests/autoscale_support/slow.py");
         let handler = script
             .canonicalize()
-            .map_err(|_| AutoscaleError::Daemon(DaemonError::Missing(script)))?;
+            .map_err(|_| AutoscaleError::Daemon(AetherdError::Missing(script)))?;
         let path = format!("/sleep/{service_ms}");
         Ok(Self {
             handler,
@@ -524,50 +506,19 @@ impl Workload {
     }
 }
 
-/// Polls the function until it answers `200` with the expected body.
-fn await_serving(daemon: &Daemon, work: &Workload) -> Result<(), AutoscaleError> {
-    let within = Duration::from_secs(30);
-    let start = Instant::now();
-    let request = get_request(&work.path);
-    let mut last = String::from("no attempt");
-    while start.elapsed() < within {
-        if interrupted() {
-            return Err(AutoscaleError::Interrupted);
-        }
-        match Client::connect(daemon.addr).and_then(|mut c| c.fetch(&request)) {
-            Ok((200, body)) if burst::contains(&body, &work.expect) => return Ok(()),
-            Ok((status, body)) => {
-                last = format!("status {status}, body {:?}", String::from_utf8_lossy(&body));
-            }
-            Err(e) => last = e.to_string(),
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Err(AutoscaleError::NotServing {
-        source: Box::new(ProcessError::NotReady {
-            name: "aetherd".into(),
-            addr: daemon.addr,
-            path: work.path.clone(),
-            waited: within,
-            last,
-        }),
-        log: daemon.log_tail(15),
-    })
-}
-
 /// One scrape of the daemon's metrics, as a settle error on failure.
-fn scrape(daemon: &Daemon) -> Result<Metrics, AutoscaleError> {
+fn scrape(daemon: &Aetherd) -> Result<Metrics, AutoscaleError> {
     Metrics::scrape(daemon.metrics).map_err(|e| AutoscaleError::Settle {
         what: "the metrics endpoint did not answer".into(),
         within: Duration::ZERO,
         last: e.to_string(),
-        log: daemon.log_tail(15),
+        log: daemon.log_tail(),
     })
 }
 
 /// Polls the metrics every 50 ms until `cond` holds; the metrics that did.
 fn settle(
-    daemon: &Daemon,
+    daemon: &Aetherd,
     what: &str,
     within: Duration,
     cond: impl Fn(&Metrics) -> bool,
@@ -591,7 +542,7 @@ fn settle(
         what: what.to_owned(),
         within,
         last,
-        log: daemon.log_tail(15),
+        log: daemon.log_tail(),
     })
 }
 
@@ -766,53 +717,6 @@ fn results(
         ),
     );
     Ok((Value::Object(r), targets))
-}
-
-/// `target/release` when run from there: the directory of this executable.
-fn default_bin_dir() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-        .unwrap_or_else(|| PathBuf::from("target/release"))
-}
-
-/// `cargo build --release -p …` in the workspace this binary was built from;
-/// without cargo (an installed binary) the binaries beside it are used.
-fn build(packages: &[&str]) -> Result<(), AutoscaleError> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!(
-        "autoscale: cargo build --release -p {}",
-        packages.join(" -p ")
-    );
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(&root).args(["build", "--release"]);
-    for p in packages {
-        cmd.args(["-p", p]);
-    }
-    match cmd.stdin(Stdio::null()).stdout(Stdio::null()).output() {
-        Ok(out) if out.status.success() => Ok(()),
-        Ok(out) => {
-            let text = String::from_utf8_lossy(&out.stderr);
-            let errors: Vec<&str> = text
-                .lines()
-                .filter(|l| l.starts_with("error"))
-                .take(5)
-                .collect();
-            Err(AutoscaleError::Build(format!(
-                "cargo exited with {}: {}",
-                out.status,
-                errors.join(" | ")
-            )))
-        }
-        Err(e) => {
-            eprintln!(
-                "autoscale: not building (cannot run cargo in {}: {e})",
-                root.display()
-            );
-            Ok(())
-        }
-    }
 }
 
 #[cfg(test)]

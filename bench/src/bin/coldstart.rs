@@ -1,16 +1,12 @@
 //! `coldstart`: cold starts of the quickstart's hello.py through aetherd
-//! against `criu restore` and a fresh spawn (see `bench/src/coldstart/mod.rs`).
+//! against `criu restore` and a fresh spawn (see `bench::coldstart`).
 //!
 //! Exit codes: 0 = measured and written (targets may still be missed: see the
 //! JSON's `targets`), 1 = the measurement failed, or an aetherd mode could
 //! not run without `--allow-missing-aetherd` (its JSON is still written, with
 //! nulls and the reason in `results.errors`).
 
-// The benchmark's modules live beside the library's (bench/src/coldstart/)
-// but are compiled into this binary only.
-#[path = "../coldstart/mod.rs"]
-mod coldstart;
-
+use bench::coldstart;
 use clap::Parser;
 use std::process::ExitCode;
 

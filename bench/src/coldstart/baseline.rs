@@ -27,9 +27,9 @@
 //! rate is what two cores sustain end to end.
 
 use super::probe::{fetch, Answer, ProbeError};
-use bench::clock::duration_ns;
-use bench::gateway::interrupt::interrupted;
-use bench::histogram::{HistogramError, LatencyHistogram};
+use crate::clock::duration_ns;
+use crate::gateway::interrupt::interrupted;
+use crate::histogram::{HistogramError, LatencyHistogram};
 use dataplane::criu::{
     netns_inode, Criu, CriuError, DumpOptions, DumpReport, ExternalNetns, RestoreOptions,
 };

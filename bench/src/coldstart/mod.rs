@@ -36,20 +36,18 @@ pub mod baseline;
 pub mod daemon;
 pub mod probe;
 
+use crate::aetherd::{BinArgs, Site};
+use crate::cli::CommonArgs;
+use crate::clock::{duration_ns, utc_timestamp};
+use crate::gateway::interrupt;
+use crate::histogram::{HistogramError, LatencyHistogram, Percentiles};
+use crate::machine::Machine;
+use crate::report::{git_revision, Report, ReportError, Target};
 use baseline::{BaselineError, Lab, Throughput};
-use bench::cli::CommonArgs;
-use bench::clock::{duration_ns, utc_timestamp};
-use bench::gateway::interrupt;
-use bench::gateway::process::free_port;
-use bench::histogram::{HistogramError, LatencyHistogram, Percentiles};
-use bench::machine::Machine;
-use bench::report::{git_revision, Report, ReportError, Target};
 use daemon::{ColdRun, Daemon, DaemonError, DaemonSetup};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 use thiserror::Error;
 
@@ -96,14 +94,10 @@ pub struct ColdstartArgs {
     #[arg(long, default_value_t = 2)]
     pub warm_pool_size: u32,
 
-    /// Directory holding aetherd and aetherctl, used as it is (no build)
-    /// [default: the directory of this binary, after building them there].
-    #[arg(long)]
-    pub bin_dir: Option<PathBuf>,
-
-    /// Do not run `cargo build --release -p dataplane -p control` first.
-    #[arg(long)]
-    pub no_build: bool,
+    /// `--bin-dir` (aetherd, aetherctl) and `--no-build`
+    /// (`cargo build --release -p dataplane -p control`).
+    #[command(flatten)]
+    pub bins: BinArgs,
 
     /// Skip the aetherd modes (only the baselines; exits non-zero unless
     /// --allow-missing-aetherd).
@@ -210,12 +204,7 @@ pub fn run(args: &ColdstartArgs) -> Result<PathBuf, ColdstartError> {
     let python = lab.python_version();
 
     // (a) and (b) through aetherd.
-    let bin_dir = args.bin_dir.clone().unwrap_or_else(|| {
-        std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(Path::to_path_buf))
-            .unwrap_or_else(|| PathBuf::from("target/release"))
-    });
+    let bin_dir = args.bins.dir();
     let run_dir = tempfile::Builder::new()
         .prefix("aether-coldstart.")
         .tempdir()
@@ -223,8 +212,11 @@ pub fn run(args: &ColdstartArgs) -> Result<PathBuf, ColdstartError> {
     let (mut cold, mut warm, mut cli_aetherd_images) = (None, None, None);
     if args.skip_aetherd {
         errors.insert("aetherd".into(), "skipped (--skip-aetherd)".into());
-    } else if let Err(why) = build_aetherd(args) {
-        errors.insert("aetherd".into(), why);
+    } else if let Err(why) = args.bins.build("coldstart", &["dataplane", "control"]) {
+        errors.insert(
+            "aetherd".into(),
+            format!("build of dataplane/control failed: {why}"),
+        );
     } else {
         for (mode, pool) in [
             ("aetherd_cold", None),
@@ -314,7 +306,7 @@ pub fn run(args: &ColdstartArgs) -> Result<PathBuf, ColdstartError> {
     r.insert("errors".into(), json!(errors));
     let targets = targets(&r);
 
-    let allowed = bench::affinity::allowed_cpus().unwrap_or_default();
+    let allowed = crate::affinity::allowed_cpus().unwrap_or_default();
     let (git_rev, git_dirty) = git_revision();
     let report = Report {
         benchmark: "coldstart".to_owned(),
@@ -463,45 +455,6 @@ fn aetherd_images_cli(
     Ok(run)
 }
 
-/// Builds aetherd and aetherctl unless told not to; `Err` says why they
-/// are not usable.
-fn build_aetherd(args: &ColdstartArgs) -> Result<(), String> {
-    if args.no_build || args.bin_dir.is_some() {
-        return Ok(());
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!("coldstart: cargo build --release -p dataplane -p control");
-    let out = Command::new(cargo)
-        .current_dir(&root)
-        .args(["build", "--release", "-p", "dataplane", "-p", "control"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output();
-    match out {
-        // No cargo (an installed benchmark): use the binaries as they are.
-        Err(e) => {
-            eprintln!("coldstart: not building ({e}); using the binaries beside this one");
-            Ok(())
-        }
-        Ok(o) if o.status.success() => Ok(()),
-        Ok(o) => {
-            let text = String::from_utf8_lossy(&o.stderr);
-            let first: Vec<&str> = text
-                .lines()
-                .filter(|l| l.starts_with("error"))
-                .take(5)
-                .collect();
-            Err(format!(
-                "build of dataplane/control failed ({}): {}",
-                o.status,
-                first.join(" | ")
-            ))
-        }
-    }
-}
-
 /// One aetherd run: up, snapshot, (warm pool), `samples` cold requests, down.
 fn measure_daemon(
     args: &ColdstartArgs,
@@ -512,18 +465,8 @@ fn measure_daemon(
     warm_pool: Option<u32>,
     samples: usize,
 ) -> Result<(ColdRun, u16), DaemonError> {
-    let port = |what| {
-        free_port().map_err(|e| DaemonError::Run {
-            program: PathBuf::from(what),
-            source: std::io::Error::other(e.to_string()),
-        })
-    };
     let setup = DaemonSetup {
-        aetherctl: bin_dir.join("aetherctl"),
-        handler: handler.to_path_buf(),
-        dir: run_dir.join(mode),
-        trigger_port: port("a free trigger port")?,
-        metrics: SocketAddr::from(([127, 0, 0, 1], port("a free metrics port")?)),
+        site: Site::new(bin_dir, handler, run_dir.join(mode))?,
         idle_timeout_ms: args.idle_timeout_ms,
         stable_window_ms: args.stable_window_ms,
         warm_pool,
@@ -535,7 +478,7 @@ fn measure_daemon(
         } else {
             ""
         },
-        setup.dir.join("aetherd.yaml").display()
+        setup.site.dir.join(crate::aetherd::CONFIG_FILE).display()
     );
     let mut d = Daemon::start(setup)?;
     let snaps = d.await_snapshot()?;

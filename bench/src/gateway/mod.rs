@@ -46,13 +46,14 @@ pub mod loadgen;
 pub mod nginx;
 pub mod process;
 
+use crate::aetherd::{BinArgs, Site};
 use crate::affinity::IdleSpinner;
 use crate::cli::CommonArgs;
 use crate::clock::{timer_overhead_ns, utc_timestamp};
 use crate::histogram::Percentiles;
 use crate::machine::Machine;
 use crate::report::{git_revision, Report, ReportError, Target};
-use aetherd::{Aetherd, AetherdSetup, FunctionShape};
+use aetherd::FunctionShape;
 use loadgen::{LatencyProbe, LoadError};
 use nginx::Nginx;
 use process::{free_port, wait_until_serving, ChildGuard, ProcessError};
@@ -131,15 +132,10 @@ pub struct GatewayArgs {
     #[arg(long, default_value = "/usr/sbin/nginx")]
     pub nginx: PathBuf,
 
-    /// Directory holding hello-native, aetherd and aetherctl, used as it is
-    /// (no build) [default: the directory of this binary, i.e. target/release,
-    /// after building them there].
-    #[arg(long)]
-    pub bin_dir: Option<PathBuf>,
-
-    /// Do not run `cargo build --release -p native-hello -p dataplane -p control` first.
-    #[arg(long)]
-    pub no_build: bool,
+    /// `--bin-dir` (hello-native, aetherd, aetherctl) and `--no-build`
+    /// (`cargo build --release -p native-hello -p dataplane -p control`).
+    #[command(flatten)]
+    pub bins: BinArgs,
 
     /// Keep the run's temp dir (configs, nginx and aetherd logs) and print its path.
     #[arg(long)]
@@ -330,30 +326,22 @@ pub fn run(args: &GatewayArgs) -> Result<PathBuf, GatewayError> {
     let handler_threads = args.handler_threads.unwrap_or(ncpu);
     let instances = args.aetherd_instances;
 
-    let bin_dir = args.bin_dir.clone().unwrap_or_else(default_bin_dir);
+    let bin_dir = args.bins.dir();
     let mut errors: BTreeMap<String, String> = BTreeMap::new();
     // An explicit --bin-dir is used as it is; otherwise the binaries are
     // (re)built in this workspace, and a failed build is not papered over by
     // stale binaries. Without cargo or the source tree, what is there is used.
-    if !args.no_build && args.bin_dir.is_none() {
-        match build(&["native-hello", "dataplane", "control"]) {
-            Build::Done => {}
-            Build::Unavailable(why) => eprintln!(
-                "gateway: not building ({why}); using the binaries in {}",
-                bin_dir.display()
-            ),
-            Build::Failed(why) => {
-                errors.insert(
-                    "aetherd".into(),
-                    format!("build of dataplane/control failed: {why}"),
-                );
-                if let Build::Failed(why) = build(&["native-hello"]) {
-                    return Err(GatewayError::HandlerMissing {
-                        path: bin_dir.join("hello-native"),
-                        why: format!(" (its build failed: {why})"),
-                    });
-                }
-            }
+    let build = |packages: &[&str]| args.bins.build("gateway", packages);
+    if let Err(why) = build(&["native-hello", "dataplane", "control"]) {
+        errors.insert(
+            "aetherd".into(),
+            format!("build of dataplane/control failed: {why}"),
+        );
+        if let Err(why) = build(&["native-hello"]) {
+            return Err(GatewayError::HandlerMissing {
+                path: bin_dir.join("hello-native"),
+                why: format!(" (its build failed: {why})"),
+            });
         }
     }
     let handler = bin_dir.join("hello-native");
@@ -424,25 +412,17 @@ pub fn run(args: &GatewayArgs) -> Result<PathBuf, GatewayError> {
     let mut aetherd = None;
     let mut aetherd_idle_cpu_pct = None;
     if !errors.contains_key("aetherd") {
-        let setup = free_port()
-            .and_then(|t| free_port().map(|m| (t, m)))
-            .map(|(t, m)| AetherdSetup {
-                aetherctl: bin_dir.join("aetherctl"),
-                handler: handler.clone(),
-                dir: run_dir.path().join("aetherd"),
-                trigger_port: t,
-                metrics: SocketAddr::from(([127, 0, 0, 1], m)),
-                shape: FunctionShape {
-                    instances,
-                    concurrency: args.aetherd_concurrency,
-                },
-            });
+        let shape = FunctionShape {
+            instances,
+            concurrency: args.aetherd_concurrency,
+        };
         eprintln!("gateway: starting aetherd (aetherctl up)");
-        let started = setup.map_err(|e| e.to_string()).and_then(|s| {
-            std::fs::create_dir_all(&s.dir)
-                .map_err(|e| format!("cannot create {}: {e}", s.dir.display()))?;
-            Aetherd::start(&s, REQUEST_PATH, &body).map_err(|e| e.to_string())
-        });
+        let started = Site::new(&bin_dir, &handler, run_dir.path().join("aetherd"))
+            .map_err(|e| e.to_string())
+            .and_then(|site| {
+                aetherd::start(&aetherd::launch(site, shape), REQUEST_PATH, &body)
+                    .map_err(|e| e.to_string())
+            });
         match started {
             Ok(a) => {
                 modes.push(Mode::new("aetherd", a.addr));
@@ -744,64 +724,6 @@ fn results(
         );
     }
     (Value::Object(r), targets)
-}
-
-/// `target/release` when run from there: the directory of this executable.
-fn default_bin_dir() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-        .unwrap_or_else(|| PathBuf::from("target/release"))
-}
-
-/// What [`build`] did.
-#[derive(Debug)]
-enum Build {
-    Done,
-    /// cargo or the workspace is not there (an installed binary).
-    Unavailable(String),
-    /// cargo ran and failed: the binaries may be stale.
-    Failed(String),
-}
-
-/// `cargo build --release -p …` in the workspace this binary was built from.
-fn build(packages: &[&str]) -> Build {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(&root).args(["build", "--release"]);
-    for p in packages {
-        cmd.args(["-p", p]);
-    }
-    eprintln!(
-        "gateway: cargo build --release -p {}",
-        packages.join(" -p ")
-    );
-    let out = match cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-    {
-        Ok(out) => out,
-        Err(e) => {
-            return Build::Unavailable(format!("cannot run cargo in {}: {e}", root.display()))
-        }
-    };
-    if out.status.success() {
-        return Build::Done;
-    }
-    let text = String::from_utf8_lossy(&out.stderr);
-    let lines: Vec<&str> = text
-        .lines()
-        .filter(|l| l.starts_with("error"))
-        .take(5)
-        .collect();
-    Build::Failed(format!(
-        "cargo exited with {}: {}",
-        out.status,
-        lines.join(" | ")
-    ))
 }
 
 /// `nginx -v` output (it prints to stderr), or why it is unknown.

@@ -149,6 +149,23 @@ pub fn wait_until_serving(
     path: &str,
     expected_body: &[u8],
     timeout: Duration,
+    alive: impl FnMut() -> Result<(), ProcessError>,
+) -> Result<(), ProcessError> {
+    wait_until_answers(name, addr, path, |b| b == expected_body, timeout, alive)
+}
+
+/// Polls `GET path` on `addr` until it answers `200` with a body `accept`
+/// takes, calling `alive` between attempts.
+///
+/// # Errors
+/// [`ProcessError::NotReady`] after `timeout`, [`ProcessError::Interrupted`]
+/// on a signal, or what `alive` returns.
+pub fn wait_until_answers(
+    name: &str,
+    addr: SocketAddr,
+    path: &str,
+    accept: impl Fn(&[u8]) -> bool,
+    timeout: Duration,
     mut alive: impl FnMut() -> Result<(), ProcessError>,
 ) -> Result<(), ProcessError> {
     let request = super::http::get_request(path);
@@ -162,7 +179,7 @@ pub fn wait_until_serving(
         }
         alive()?;
         match Client::connect(addr).and_then(|mut c| c.fetch(&request)) {
-            Ok((200, body)) if body == expected_body => return Ok(()),
+            Ok((200, body)) if accept(&body) => return Ok(()),
             Ok((status, body)) => {
                 last = format!("status {status}, body {:?}", String::from_utf8_lossy(&body))
             }
