@@ -1153,8 +1153,8 @@ fn follow_allocation(sv: &Supervision, st: &mut SuperviseState, now: Instant) {
             if want > sup.live() {
                 // About to start instances: a handler file changed on disk
                 // must not be restored from stale images.
-                if let Ok(now) = crate::snapshot::identity(&sv.function) {
-                    if now != *sv.identity.borrow() {
+                if let Ok(on_disk) = crate::snapshot::identity(&sv.function) {
+                    if on_disk != *sv.identity.borrow() {
                         let s = sv.core.shared.snapshots.register(&sv.function);
                         sup.set_snapshot_identity(&s.identity);
                         *sv.identity.borrow_mut() = s.identity;
