@@ -31,7 +31,7 @@ use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use shm_abi::segment::{fnv1a, FNV_OFFSET};
 
@@ -127,6 +127,23 @@ pub struct DumpTicket {
 #[derive(Debug, Clone)]
 struct Entry {
     status: SnapshotStatus,
+    /// Consecutive failed dumps of this identity, and when the last failed:
+    /// a failed snapshot is tried again after [`retry_delay`].
+    failures: u32,
+    failed_at: Option<Instant>,
+}
+
+/// First wait before a failed dump is tried again; doubles per failure.
+const RETRY_FIRST: Duration = Duration::from_secs(5);
+/// Longest wait before a failed dump is tried again.
+const RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// How long after its `failures`-th consecutive failure a dump is retried.
+fn retry_delay(failures: u32) -> Duration {
+    let factor = 1u32
+        .checked_shl(failures.saturating_sub(1))
+        .unwrap_or(u32::MAX);
+    RETRY_FIRST.saturating_mul(factor).min(RETRY_MAX)
 }
 
 /// Every function's snapshot state; see the module docs.
@@ -250,6 +267,8 @@ impl SnapshotStore {
             f.id.clone(),
             Entry {
                 status: status.clone(),
+                failures: 0,
+                failed_at: None,
             },
         );
         status
@@ -260,6 +279,8 @@ impl SnapshotStore {
             function.to_string(),
             Entry {
                 status: status.clone(),
+                failures: 0,
+                failed_at: None,
             },
         );
         status
@@ -305,15 +326,31 @@ impl SnapshotStore {
     /// snapshot (or, with `force`, unless a dump is already running). The state becomes
     /// `Dumping` until [`Self::finish`].
     pub fn claim(&self, function: &str, identity: &str, force: bool) -> Option<DumpTicket> {
+        self.claim_at(function, identity, force, Instant::now())
+    }
+
+    /// [`Self::claim`] at time `now`: a failed snapshot is free again once
+    /// [`retry_delay`] has passed since its last failure.
+    fn claim_at(
+        &self,
+        function: &str,
+        identity: &str,
+        force: bool,
+        now: Instant,
+    ) -> Option<DumpTicket> {
         let mut entries = lock(&self.entries);
         let e = entries.get_mut(function)?;
         if e.status.identity != identity {
             // Another version of the function (an update in progress).
             return None;
         }
+        let retry_due = e
+            .failed_at
+            .is_some_and(|at| now.saturating_duration_since(at) >= retry_delay(e.failures));
         let free = match e.status.state {
             SnapshotState::None => true,
-            SnapshotState::Ready | SnapshotState::Failed => force,
+            SnapshotState::Failed => force || retry_due,
+            SnapshotState::Ready => force,
             SnapshotState::Dumping | SnapshotState::Unavailable => false,
         };
         if !free {
@@ -350,10 +387,16 @@ impl SnapshotStore {
             return result;
         }
         match &result {
-            Ok(s) => e.status = s.clone(),
+            Ok(s) => {
+                e.status = s.clone();
+                e.failures = 0;
+                e.failed_at = None;
+            }
             Err(err) => {
                 e.status.state = SnapshotState::Failed;
                 e.status.error = Some(err.to_string());
+                e.failures = e.failures.saturating_add(1);
+                e.failed_at = Some(Instant::now());
             }
         }
         result
@@ -522,6 +565,42 @@ mod tests {
         assert!(!t.dir.exists());
         assert!(again.ready("f", &id).is_none());
         assert!(again.ready("f", &s.identity).is_none(), "no images yet");
+    }
+
+    #[test]
+    fn a_failed_dump_is_retried_after_a_growing_delay() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::new(&dir.path().join("snap"), Ok(Criu::default()));
+        let f = function(dir.path());
+        let id = store.register(&f).identity;
+        let fail = |store: &SnapshotStore| {
+            let t = store.claim("f", &id, true).unwrap();
+            let r = store.dump(t, 1, Path::new("/dev/null"), || {
+                Err(SnapshotError::Warmup {
+                    instance: "f-1".into(),
+                    n: 1,
+                    total: 1,
+                    reason: "refused".into(),
+                })
+            });
+            assert!(r.is_err());
+            assert_eq!(store.status("f").state, SnapshotState::Failed);
+        };
+        fail(&store);
+        let t0 = Instant::now();
+        assert!(store.claim_at("f", &id, false, t0).is_none(), "not at once");
+        assert!(store.claim_at("f", &id, false, t0 + RETRY_FIRST).is_some());
+        // That claim is in flight; fail it again: the wait doubles.
+        let e = store.status("f");
+        assert_eq!(e.state, SnapshotState::Dumping);
+        lock(&store.entries).get_mut("f").unwrap().status.state = SnapshotState::Failed;
+        fail(&store);
+        let t1 = Instant::now();
+        assert!(store.claim_at("f", &id, false, t1 + RETRY_FIRST).is_none());
+        assert!(store
+            .claim_at("f", &id, false, t1 + 2 * RETRY_FIRST)
+            .is_some());
+        assert_eq!(retry_delay(30), RETRY_MAX);
     }
 
     #[test]
