@@ -327,6 +327,7 @@ impl RestoreLauncher {
         let thread = std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
+                unpin_current_thread();
                 for job in rx.iter() {
                     job();
                 }
@@ -359,6 +360,30 @@ impl RestoreLauncher {
             let _ = tx.send(job);
         }
         LaunchingRestore { id, rx }
+    }
+}
+
+/// Lets the calling thread run on every CPU the process may use. The
+/// launcher is started from an executor pinned to one CPU and would pass that
+/// pin to `criu` and to the restored task, which then waited for the busy
+/// executor's CPU: ≈ 8.5 ms between the task's last restorer step and its
+/// final trap, against 0.3 ms unpinned.
+fn unpin_current_thread() {
+    let Ok(cpus) = numa::allowed_cpus() else {
+        return;
+    };
+    // SAFETY: an all-zero cpu_set_t is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for cpu in cpus.into_iter().filter(|c| *c < libc::CPU_SETSIZE as usize) {
+        // SAFETY: CPU_SET writes inside `set` for cpu < CPU_SETSIZE.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: sched_setaffinity(2) on this thread (0) with a valid set.
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) } != 0 {
+        tracing::warn!(
+            "restore launcher keeps its executor's CPU pin: {}",
+            io::Error::last_os_error()
+        );
     }
 }
 
