@@ -84,6 +84,9 @@ impl RestoreError {
 pub struct RestoringInstance {
     id: String,
     spec_port: u16,
+    /// The core's CPU, which the copy is pinned to once restored (like a
+    /// spawned instance; `criu` itself runs unpinned).
+    cpu: Option<usize>,
     function_id: String,
     limit_bytes: u64,
     pending: PendingRestore,
@@ -149,6 +152,7 @@ pub fn start_restore(
     Ok(RestoringInstance {
         id: instance_id.to_string(),
         spec_port: spec.trigger_port,
+        cpu: spec.cpu,
         function_id: spec.function_id.clone(),
         limit_bytes: spec.memory_limit_bytes,
         pending,
@@ -204,6 +208,16 @@ impl RestoringInstance {
                 .into());
             }
         };
+        if let Some(cpu) = self.cpu.filter(|c| *c < libc::CPU_SETSIZE as usize) {
+            // SAFETY: an all-zero cpu_set_t is the empty set; CPU_SET writes
+            // inside it for cpu < CPU_SETSIZE (checked above).
+            let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+            // SAFETY: see above.
+            unsafe { libc::CPU_SET(cpu, &mut set) };
+            // SAFETY: sched_setaffinity(2) on the restored pid with a valid set.
+            let _ =
+                unsafe { libc::sched_setaffinity(restored.pid, std::mem::size_of_val(&set), &set) };
+        }
         let signal = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
         let _ = spawn::pidfd_signal(pidfd.as_fd(), signal);
         // AETHER_KEEP_RESTORE_LOGS=1 keeps each restore's log (diagnosis).
