@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
@@ -16,9 +18,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use dataplane::criu::{netns_inode, Criu, CriuError, DumpOptions, ExternalNetns, RestoreOptions};
-use dataplane::instance::cgroup::CgroupRoot;
 use dataplane::instance::netns::Netns;
 use dataplane::instance::{start, Instance, InstanceSpec};
+
+use common::TestCgroups;
 
 const PORT: u16 = 18480;
 const NETNS_KEY: &str = "aether-net";
@@ -26,7 +29,7 @@ const NETNS_KEY: &str = "aether-net";
 /// Root, a working CRIU, a cgroup group and temp dirs; removes the group on drop.
 struct Env {
     criu: Criu,
-    cgroups: CgroupRoot,
+    cgroups: TestCgroups,
     dir: tempfile::TempDir,
     /// Images on tmpfs, as aetherd keeps them.
     images: tempfile::TempDir,
@@ -34,11 +37,7 @@ struct Env {
 
 impl Env {
     fn new(name: &str) -> Option<Self> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIP {name}: needs root (CRIU, namespaces, cgroups)");
-            return None;
-        }
+        let cgroups = TestCgroups::new(name, "CRIU, namespaces, cgroups")?;
         let criu = Criu::new(
             std::env::var("AETHER_CRIU")
                 .unwrap_or_else(|_| dataplane::criu::DEFAULT_CRIU_PATH.into()),
@@ -47,14 +46,6 @@ impl Env {
             eprintln!("SKIP {name}: CRIU does not work here: {e}");
             return None;
         }
-        let group = format!("aetherless-test-{}-{name}", std::process::id());
-        let cgroups = match CgroupRoot::detect(&group) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("SKIP {name}: {e}");
-                return None;
-            }
-        };
         let dir = tempfile::Builder::new().prefix("aeth").tempdir().unwrap();
         let shm = Path::new("/dev/shm");
         let images = if shm.is_dir() {
@@ -99,13 +90,6 @@ impl Env {
             .unwrap()
             .wait()
             .unwrap()
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = self.cgroups.cleanup_stale();
-        let _ = std::fs::remove_dir(self.cgroups.base());
     }
 }
 

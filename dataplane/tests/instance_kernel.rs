@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -16,32 +18,21 @@ use dataplane::instance::state::InstanceState;
 use dataplane::instance::supervisor::{BackoffPolicy, Supervisor, SupervisorEvent};
 use dataplane::instance::{logs, start, ExitReason, Instance, InstanceError, InstanceSpec};
 
+use common::TestCgroups;
+
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
 }
 
 /// Per-test cgroup group and temp dirs; removes the group on drop.
 struct Env {
-    cgroups: CgroupRoot,
+    cgroups: TestCgroups,
     dir: tempfile::TempDir,
 }
 
 impl Env {
     fn new(name: &str) -> Option<Self> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIP {name}: needs root (namespaces, cgroups)");
-            return None;
-        }
-        let group = std::env::var("AETHER_TEST_GROUP")
-            .unwrap_or_else(|_| format!("aetherless-test-{}-{name}", std::process::id()));
-        let cgroups = match CgroupRoot::detect(&group) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("SKIP {name}: {e}");
-                return None;
-            }
-        };
+        let cgroups = TestCgroups::new(name, "namespaces, cgroups")?;
         let dir = tempfile::Builder::new().prefix("aeth").tempdir().unwrap();
         Some(Self { cgroups, dir })
     }
@@ -81,13 +72,6 @@ impl Env {
     fn start(&self, spec: &InstanceSpec, id: &str) -> Result<Instance, InstanceError> {
         let ns = Netns::create(None)?;
         start(spec, id, &self.cgroups, ns)?.wait()
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = self.cgroups.cleanup_stale();
-        let _ = std::fs::remove_dir(self.cgroups.base());
     }
 }
 

@@ -798,3 +798,44 @@ pub fn require_criu(test: &str) -> bool {
     }
     true
 }
+
+/// A cgroup group of one kernel test (`aetherless-test-<pid>-<name>`, or
+/// `AETHER_TEST_GROUP`), killed and removed on drop. Derefs to its
+/// [`dataplane::instance::cgroup::CgroupRoot`].
+pub struct TestCgroups(dataplane::instance::cgroup::CgroupRoot);
+
+impl TestCgroups {
+    /// Root and a memory cgroup hierarchy, or a loud SKIP (`needs` says
+    /// what root is for) and `None`.
+    pub fn new(name: &str, needs: &str) -> Option<Self> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIP {name}: needs root ({needs})");
+            return None;
+        }
+        let group = std::env::var("AETHER_TEST_GROUP")
+            .unwrap_or_else(|_| format!("aetherless-test-{}-{name}", std::process::id()));
+        match dataplane::instance::cgroup::CgroupRoot::detect(&group) {
+            Ok(c) => Some(Self(c)),
+            Err(e) => {
+                eprintln!("SKIP {name}: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for TestCgroups {
+    type Target = dataplane::instance::cgroup::CgroupRoot;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl Drop for TestCgroups {
+    fn drop(&mut self) {
+        let _ = self.0.cleanup_stale();
+        let _ = std::fs::remove_dir(self.0.base());
+    }
+}
